@@ -1,0 +1,75 @@
+"""VAE on binarised MNIST (the Flax VAE example's model, 784-500-z20, Bernoulli likelihood).
+
+Command:  python -m experiments.vae_mnist --workdir runs/vae_mnist
+Hardware: 2-core x86-64 CPU, no accelerator.
+Run time: about 3 minutes for the 10 epochs (4,680 steps), plus about 2 minutes for the IWAE bound.
+Result:   test neg_elbo <= 100 nats (single-sample ELBO, fixed seeded binarisation of the test split),
+          IWAE (k=1000) test nll reported alongside. The Flax example reaches about 104 in 10 epochs.
+          See README.md for the measured figures.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from genjax import cli, loop
+from genjax.data import sources
+from genjax.data.images import static_binarization
+from genjax.data.loader import ShuffledArrayLoader, eval_batches
+from genjax.optim import make_optimizer, optimizer_config
+from genjax.task import Experiment, loop_config, num_train_steps
+from genjax.tasks.vae import VAETask
+
+TEST_BINARIZATION_SEED = 1234  # the fixed binarisation every reported test figure uses
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = loop_config(num_epochs=10, batch_size=128, eval_batch_size=1000, checkpoint_every=1000)
+    config.dataset = "mnist"
+    config.grad_accum_steps = 1
+    config.iwae_samples = 1000  # IWAE bound at the end; 0 skips it
+    config.model = ml_collections.ConfigDict(dict(kind="mlp", hidden=500, latents=20))
+    config.data = ml_collections.ConfigDict(dict(binarization="dynamic", augment=False))
+    config.optimizer = optimizer_config(
+        name="adam", learning_rate=2e-3, schedule="warmup_cosine", warmup_steps=200, end_lr_factor=0.02
+    )
+    return config
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    """Data, optimizer and task of the experiment described by `config`."""
+    if config.data.binarization not in ("dynamic", "static"):
+        raise ValueError(f"data.binarization must be 'dynamic' or 'static', got '{config.data.binarization}'")
+    train = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)
+    test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
+    test_images = static_binarization(test["image"], TEST_BINARIZATION_SEED) * np.uint8(255)
+    train_images = train["image"]
+    if config.data.binarization == "static":
+        train_images = static_binarization(train_images, config.seed) * np.uint8(255)
+    loader = ShuffledArrayLoader({"image": train_images}, config.batch_size, seed=config.seed)
+    steps = num_train_steps(config, loader.steps_per_epoch)
+    task = VAETask(config, make_optimizer(config.optimizer, steps), test_images)
+    return Experiment(
+        name="vae_mnist",
+        task=task,
+        train_data=loader,
+        eval_data=lambda: eval_batches({"image": test_images}, config.eval_batch_size),
+        num_train_steps=steps,
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+    return loop.train_and_evaluate(config, workdir, build(config))
+
+
+def main(argv: Sequence[str]) -> None:
+    flags, config = cli.parse(argv, get_config, __doc__)
+    train_and_evaluate(config, flags.workdir)
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,1 @@
+"""Input: TFDS sources decoded once, deterministic resumable loaders, global sharded batches."""

@@ -1,0 +1,130 @@
+"""Deterministic, seeded, resumable batch loaders and their transfer to global sharded `jax.Array`s.
+
+A loader maps a batch index to this process's slice of that global batch, as
+pure numpy indexing over arrays already in memory. The data position is then a
+single integer (the index of the next batch), which the checkpoint stores, so a
+resumed run sees exactly the batches an uninterrupted run would have seen.
+Each process reads only its own rows; `to_global` assembles the process-local
+rows of every process into one global array sharded over the mesh's data axis.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator, Protocol
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+from genjax.errors import GenjaxError
+
+Batch = dict[str, np.ndarray]
+
+
+class Loader(Protocol):
+    """Anything that yields process-local training batches by index."""
+
+    global_batch_size: int
+
+    def batch_at(self, index: int) -> Batch:
+        """This process's rows of global batch number `index` (any index >= 0: loaders repeat forever)."""
+        ...
+
+
+def process_rows(global_batch_size: int) -> slice:
+    """The rows of a global batch that belong to this process."""
+    count, index = jax.process_count(), jax.process_index()
+    if global_batch_size % count:
+        raise GenjaxError(f"batch size {global_batch_size} is not divisible by the {count} processes")
+    per_process = global_batch_size // count
+    return slice(index * per_process, (index + 1) * per_process)
+
+
+class ShuffledArrayLoader:
+    """Epochs of a seeded permutation over in-memory arrays; the last partial batch of an epoch is dropped.
+
+    Batch `index` comes from epoch `index // steps_per_epoch`, whose permutation is
+    drawn from `(seed, epoch)`, so any batch can be produced without replaying earlier ones.
+    """
+
+    def __init__(self, arrays: Batch, global_batch_size: int, seed: int):
+        sizes = {len(v) for v in arrays.values()}
+        if len(sizes) != 1:
+            raise GenjaxError(f"arrays of different lengths {sorted(sizes)} cannot be batched together")
+        self.num_examples = sizes.pop()
+        if global_batch_size > self.num_examples:
+            raise GenjaxError(f"batch size {global_batch_size} exceeds the {self.num_examples} examples")
+        self.arrays = arrays
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.steps_per_epoch = self.num_examples // global_batch_size
+        self._rows = process_rows(global_batch_size)
+        self._epoch = -1
+        self._permutation = np.empty(0, np.int64)
+
+    def batch_at(self, index: int) -> Batch:
+        epoch, position = divmod(index, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            self._epoch = epoch
+        start = position * self.global_batch_size
+        rows = self._permutation[start : start + self.global_batch_size][self._rows]
+        rows.sort()  # ascending reads are cache-friendlier; order within a batch does not matter
+        return {k: v[rows] for k, v in self.arrays.items()}
+
+
+def eval_batches(arrays: Batch, global_batch_size: int) -> Iterator[Batch]:
+    """Every example once, in order; the last batch is zero-padded and `mask` marks the real rows."""
+    num = len(next(iter(arrays.values())))
+    rows = process_rows(global_batch_size)
+    for start in range(0, num, global_batch_size):
+        stop = min(start + global_batch_size, num)
+        pad = global_batch_size - (stop - start)
+        batch = {k: np.concatenate([v[start:stop], np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in arrays.items()}
+        batch["mask"] = np.arange(global_batch_size) < stop - start
+        yield {k: v[rows] for k, v in batch.items()}
+
+
+def to_global(batch: Batch, sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Assembles the process-local rows of every process into global arrays sharded by `sharding`."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def device_prefetch(
+    loader: Loader, start_index: int, sharding: NamedSharding, depth: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """Yields global batches `start_index, start_index + 1, ...`, produced `depth` ahead on a thread.
+
+    The thread gathers rows and starts the host-to-device copy while the devices run
+    the previous step, so input overlaps compute.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        index = start_index
+        try:
+            while not stop.is_set():
+                item = to_global(loader.batch_at(index), sharding)
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                index += 1
+        except BaseException as error:  # surfaced to the consumer, never swallowed
+            buffer.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True, name="genjax-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -1,0 +1,100 @@
+"""Reads TFDS datasets through `tfds.data_source` (array_record, no TensorFlow) with clear errors.
+
+Small datasets are decoded once per process and kept as numpy arrays: decoding
+MNIST's PNGs costs seconds, so no epoch pays for it again.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+
+import numpy as np
+
+from genjax.errors import GenjaxError
+
+
+def resolve_data_dir(data_dir: str = "") -> str | None:
+    """The TFDS data dir: the config's value, else $TFDS_DATA_DIR, else None (TFDS's default)."""
+    return data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+
+def _tfds():
+    import tensorflow_datasets as tfds  # imported lazily: it is slow to import
+
+    return tfds
+
+
+def _prepare(name: str, data_dir: str | None) -> None:
+    """First run with internet: TFDS downloads and prepares array_record files (needs TensorFlow once)."""
+    tfds = _tfds()
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise GenjaxError(
+            f"dataset '{name}' is not prepared in {data_dir or 'the TFDS default dir'}; preparing it needs "
+            "TensorFlow once: `pip install -e .[prepare]` (with internet), or set TFDS_DATA_DIR to a folder "
+            "that holds the prepared dataset"
+        ) from None
+    tfds.builder(name, data_dir=data_dir).download_and_prepare(file_format="array_record")
+
+
+def data_source(name: str, split: str, data_dir: str = "", download: bool = True):
+    """Returns the random-access TFDS source of `name`/`split`, preparing it first if allowed.
+
+    Raises GenjaxError for an unknown dataset, a data dir that does not exist,
+    a dataset missing from the data dir (when `download` is False) and an unknown split.
+    """
+    tfds = _tfds()
+    directory = resolve_data_dir(data_dir)
+    if directory is not None and not pathlib.Path(directory).is_dir():
+        raise GenjaxError(
+            f"data dir '{directory}' does not exist; set TFDS_DATA_DIR (or --config.data_dir) to the folder "
+            "that contains the prepared datasets (e.g. mnist/), or unset it to use TFDS's default download"
+        )
+    try:
+        builder = tfds.builder(name, data_dir=directory)
+    except tfds.core.registered.DatasetNotFoundError:
+        prepared = sorted(p.name for p in pathlib.Path(directory).iterdir() if p.is_dir()) if directory else []
+        raise GenjaxError(
+            f"unknown dataset '{name}'; use a TFDS dataset name"
+            + (f" (prepared in {directory}: {', '.join(prepared) or 'none'})" if directory else "")
+        ) from None
+    if not builder.is_prepared():
+        if not download:
+            raise GenjaxError(
+                f"dataset '{name}' is not prepared in data dir '{builder.data_dir_root}'; point TFDS_DATA_DIR at "
+                "the folder holding it, or allow the download with --config.download=True"
+            )
+        _prepare(name, directory)
+    splits = list(builder.info.splits.keys())
+    if split not in splits:
+        raise GenjaxError(f"dataset '{name}' has no split '{split}'; its splits are {splits}")
+    return tfds.data_source(name, split=split, data_dir=directory, download=False)
+
+
+@functools.lru_cache(maxsize=8)
+def image_arrays(name: str, split: str, data_dir: str = "", download: bool = True) -> dict[str, np.ndarray]:
+    """The whole split decoded once: {'image': uint8 [N, H, W, C], 'label': int32 [N]}."""
+    source = data_source(name, split, data_dir, download)
+    records = source.__getitems__(range(len(source)))
+    return {
+        "image": np.stack([r["image"] for r in records]),
+        "label": np.asarray([r["label"] for r in records], np.int32),
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def text(name: str, split: str, data_dir: str = "", download: bool = True) -> str:
+    """A single-text split (e.g. tiny_shakespeare) as one UTF-8 string."""
+    source = data_source(name, split, data_dir, download)
+    return "".join(source[i]["text"].decode("utf-8") for i in range(len(source)))
+
+
+@functools.lru_cache(maxsize=8)
+def labelled_texts(name: str, split: str, data_dir: str = "", download: bool = True) -> tuple[list[str], np.ndarray]:
+    """A text-classification split (e.g. imdb_reviews): (texts, int32 labels [N])."""
+    source = data_source(name, split, data_dir, download)
+    records = source.__getitems__(range(len(source)))
+    return [r["text"].decode("utf-8") for r in records], np.asarray([r["label"] for r in records], np.int32)

@@ -1,0 +1,82 @@
+"""What a model family hands the shared loop: pure init/step functions and its data."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable, Iterable, Protocol
+
+import jax
+import ml_collections
+
+from genjax.data.loader import Batch, Loader
+from genjax.state import TrainState
+
+
+class Task(Protocol):
+    """A model family's pure functions. `init_state`, `train_step` and `eval_step` are jitted by the loop."""
+
+    def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+        """A fresh state; `batch` is a global batch that fixes input shapes."""
+        ...
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+        """One update. Uses the key `fold_in(rng, state.step)` and returns `state.step + 1`.
+
+        The returned metrics must include `loss` (the scalar minimised).
+        """
+        ...
+
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+        """Metric sums over the rows where `batch['mask']` is True, plus their `count`."""
+        ...
+
+    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
+        """Host-side work after an evaluation (sample grids, final metrics); returns extra test metrics."""
+        ...
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A task with its data, ready for `loop.train_and_evaluate`.
+
+    Attributes:
+      name: experiment identity, stored in checkpoints; a workdir of another experiment is refused.
+      task: the family's pure functions.
+      train_data: the training loader (global batches by index).
+      eval_data: a callable returning the evaluation batches afresh (each has a `mask`).
+      num_train_steps: total number of updates.
+    """
+
+    name: str
+    task: Task
+    train_data: Loader
+    eval_data: Callable[[], Iterable[Batch]]
+    num_train_steps: int
+
+
+def loop_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The fields the shared loop reads; every experiment config starts from these."""
+    config = ml_collections.ConfigDict(
+        dict(
+            seed=0,
+            batch_size=128,  # global, over all devices and processes
+            eval_batch_size=1000,
+            num_epochs=10,
+            num_train_steps=0,  # > 0 overrides num_epochs
+            log_every=100,
+            eval_every=0,  # 0: evaluate once per epoch
+            checkpoint_every=1000,
+            keep_checkpoints=3,
+            num_devices=0,  # 0: all visible devices
+            data_dir="",  # "": $TFDS_DATA_DIR, else TFDS's default
+            download=True,  # prepare a dataset missing from data_dir (needs internet and TensorFlow once)
+        )
+    )
+    config.update(overrides)
+    return config
+
+
+def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """`num_train_steps` when set, else `num_epochs` full epochs."""
+    return config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
