@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import os
 import pathlib
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +18,8 @@ from genjax.checkpoint import Checkpointer, abstract_with_shardings
 from genjax.data.loader import device_prefetch, to_global
 from genjax.errors import GenjaxError
 from genjax.metrics_log import MetricLogger
-from genjax.task import Experiment
+from genjax.task import Experiment, Task
+from jax.sharding import Mesh
 
 
 def _state_signature(abstract_state: Any) -> dict[str, list[int]]:
@@ -88,6 +87,25 @@ class _StopRequest:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def state_layout(task: Task, mesh: Mesh, rng: jax.Array, example_batch: dict[str, jax.Array]) -> tuple[Any, Any]:
+    """(abstract state, state shardings) of `task` on `mesh`, without allocating any parameter."""
+    abstract_state = jax.eval_shape(task.init_state, rng, example_batch)
+    return abstract_state, sharding_lib.state_shardings(abstract_state, mesh)
+
+
+def compile_steps(task: Task, mesh: Mesh, state_shardings: Any) -> tuple[Callable, Callable]:
+    """The jitted (train_step, eval_step) every run and benchmark uses: state donated, shardings explicit."""
+    data_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
+    train_step = jax.jit(
+        task.train_step,
+        in_shardings=(state_shardings, data_sharding, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(task.eval_step, in_shardings=(state_shardings, data_sharding, replicated), out_shardings=replicated)
+    return train_step, eval_step
+
+
 def evaluate(experiment: Experiment, state: Any, eval_step, data_sharding, rng: jax.Array) -> dict[str, float]:
     """Means over the whole evaluation split of the task's `eval_step` sums."""
     totals = None
@@ -118,8 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     # Model and optimizer state, born with their shardings.
     example_batch = to_global(experiment.train_data.batch_at(0), data_sharding)
-    abstract_state = jax.eval_shape(task.init_state, init_rng, example_batch)
-    state_shardings = sharding_lib.state_shardings(abstract_state, mesh)
+    abstract_state, state_shardings = state_layout(task, mesh, init_rng, example_batch)
     signature = _state_signature(abstract_state)
 
     # Restore, or start fresh only from an empty checkpoint dir.
@@ -139,13 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         config_lib.save_config(config, workdir)
 
     # The compiled steps: state donated, shardings explicit.
-    train_step = jax.jit(
-        task.train_step,
-        in_shardings=(state_shardings, data_sharding, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )
-    eval_step = jax.jit(task.eval_step, in_shardings=(state_shardings, data_sharding, replicated), out_shardings=replicated)
+    train_step, eval_step = compile_steps(task, mesh, state_shardings)
     metrics_shape = jax.eval_shape(task.train_step, abstract_state, example_batch, train_rng)[1]
 
     logger = MetricLogger(workdir)

@@ -116,7 +116,8 @@ def device_prefetch(
                         continue
                 index += 1
         except BaseException as error:  # surfaced to the consumer, never swallowed
-            buffer.put(error)
+            if not stop.is_set():
+                buffer.put(error)
 
     thread = threading.Thread(target=produce, daemon=True, name="genjax-prefetch")
     thread.start()
@@ -128,3 +129,4 @@ def device_prefetch(
             yield item
     finally:
         stop.set()
+        thread.join()  # a daemon thread left inside a JAX call crashes interpreter shutdown
