@@ -70,8 +70,9 @@ class ShuffledArrayLoader:
             self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
             self._epoch = epoch
         start = position * self.global_batch_size
-        rows = self._permutation[start : start + self.global_batch_size][self._rows]
-        rows.sort()  # ascending reads are cache-friendlier; order within a batch does not matter
+        # Sorted before the process split: ascending reads are cache-friendlier, and the global batch
+        # (row order included, which per-row random draws follow) is the same for any number of processes.
+        rows = np.sort(self._permutation[start : start + self.global_batch_size])[self._rows]
         return {k: v[rows] for k, v in self.arrays.items()}
 
 
@@ -103,21 +104,23 @@ def device_prefetch(
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def offer(item) -> None:
+        """Puts `item` in the buffer unless the consumer has gone."""
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     def produce() -> None:
         index = start_index
         try:
             while not stop.is_set():
-                item = to_global(loader.batch_at(index), sharding)
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                offer(to_global(loader.batch_at(index), sharding))
                 index += 1
         except BaseException as error:  # surfaced to the consumer, never swallowed
-            if not stop.is_set():
-                buffer.put(error)
+            offer(error)
 
     thread = threading.Thread(target=produce, daemon=True, name="genjax-prefetch")
     thread.start()
