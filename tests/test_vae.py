@@ -53,8 +53,12 @@ def test_iwae_bound_is_tighter_than_the_elbo(data_dir):
     assert iwae > mean_elbo  # the k-sample bound is above the one-sample ELBO, even untrained
 
 
-def test_train_step_lowers_the_loss_on_real_batches(data_dir):
-    experiment = vae_mnist.build(tiny_config())
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_train_step_lowers_the_loss_on_real_batches(kind, data_dir):
+    config = tiny_config(batch_size=64)
+    config.model.kind = kind
+    config.optimizer.warmup_steps = 0
+    experiment = vae_mnist.build(config)
     mesh = sharding.make_mesh(1)
     data_sharding = sharding.batch_sharding(mesh)
     rng = jax.random.key(0)
@@ -67,7 +71,7 @@ def test_train_step_lowers_the_loss_on_real_batches(data_dir):
         state, metrics = train_step(state, to_global(experiment.train_data.batch_at(index), data_sharding), rng)
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 60
-    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+    assert np.mean(losses[-10:]) < 0.5 * losses[0]
     assert train_step._cache_size() == 1  # compiled once, not per step
 
 
