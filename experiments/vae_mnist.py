@@ -28,14 +28,15 @@ TEST_BINARIZATION_SEED = 1234  # the fixed binarisation every reported test figu
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = loop_config(num_epochs=10, batch_size=128, eval_batch_size=1000, checkpoint_every=1000)
+    config = loop_config(num_epochs=10, batch_size=32, eval_batch_size=1000, checkpoint_every=2000)
     config.dataset = "mnist"
-    config.grad_accum_steps = 1
+    config.grad_accum_steps = 1  # micro-batches per step (same update, 1/k of the activation memory)
+    config.dtype = "float32"  # computation dtype: float32 | bfloat16 (parameters and optimizer state stay float32)
     config.iwae_samples = 1000  # IWAE bound at the end; 0 skips it
     config.model = ml_collections.ConfigDict(dict(kind="mlp", hidden=500, latents=20))
     config.data = ml_collections.ConfigDict(dict(binarization="dynamic", augment=False))
     config.optimizer = optimizer_config(
-        name="adam", learning_rate=2e-3, schedule="warmup_cosine", warmup_steps=200, end_lr_factor=0.02
+        name="adam", learning_rate=1.5e-3, schedule="warmup_cosine", warmup_steps=200, end_lr_factor=0.02
     )
     return config
 

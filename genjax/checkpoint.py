@@ -1,30 +1,90 @@
-"""Orbax checkpoints in `<workdir>/checkpoints`: train state, RNG and data position, written atomically.
+"""Orbax checkpoints in `<workdir>/checkpoints`: train state, RNG and data position, written atomically, verified on restore.
 
 Orbax writes each step into a temporary directory and renames it when complete,
 so a crash mid-write leaves the previous checkpoints intact; unfinished temporary
-directories are cleaned up on the next start.
+directories are cleaned up on the next start. Orbax does not notice every damaged
+file, so each checkpoint's meta also holds a fingerprint of every state leaf's bits,
+checked after restoring: a checkpoint that fails to read or to match is reported with
+its path, moved to `<workdir>/damaged_checkpoints/` and the previous one is tried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import shutil
 import sys
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from genjax.errors import GenjaxError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta holds state_fingerprint
+_ODD_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)  # two independent position weightings
+
+
+def _leaf_bits(leaf: jax.Array) -> jax.Array:
+    """The raw bits of `leaf` as uint32, same shape (one entry per 1-, 2- or 4-byte element)."""
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    if leaf.dtype == jnp.bool_:
+        leaf = leaf.astype(jnp.uint8)
+    itemsize = jnp.dtype(leaf.dtype).itemsize
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}.get(itemsize, jnp.uint32)
+    return jax.lax.bitcast_convert_type(leaf, unsigned).astype(jnp.uint32)
+
+
+def _positions(shape: tuple[int, ...]) -> jax.Array:
+    """uint32 row-major flat index of every element of an array of `shape` (no reshape: sharding is kept)."""
+    position, stride = jnp.zeros(shape, jnp.uint32), 1
+    for axis in reversed(range(len(shape))):
+        position = position + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= shape[axis]
+    return position
+
+
+@jax.jit
+def _fingerprints(state: Any) -> jax.Array:
+    """uint32 [num_leaves, 2]: per leaf, two sums of its bits weighted by odd functions of the position.
+
+    Each weight is odd, hence invertible mod 2**32, so changing any single element
+    always changes both sums; the computation runs where the (sharded) arrays live.
+    """
+    rows = []
+    for leaf in jax.tree.leaves(state):
+        bits = _leaf_bits(leaf)
+        position = _positions(bits.shape)
+        rows.append(jnp.stack([jnp.sum(bits * ((position + 1) * jnp.uint32(m) | 1)) for m in _ODD_MULTIPLIERS]))
+    return jnp.stack(rows)
+
+
+def state_fingerprint(state: Any) -> dict[str, list[int]]:
+    """{leaf path: [two uint32 sums]} of `state`: equal for bit-identical states, different if any element differs."""
+    values = np.asarray(jax.device_get(_fingerprints(state))).tolist()
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(state)]
+    return dict(zip(paths, values))
+
+
+def _first_line(error: BaseException) -> str:
+    """`Type: first line`, shortened to its start and its end (where tensorstore puts the OS error)."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    return f"{type(error).__name__}: {line if len(line) <= 300 else line[:150] + ' ... ' + line[-150:]}"
 
 
 class Checkpointer:
-    """Saves every `every_steps` (and on demand), keeps the last `keep`, restores the newest readable one."""
+    """Saves every `every_steps` (and on demand), keeps the last `keep`, restores the newest intact one."""
 
     def __init__(self, workdir: pathlib.Path, every_steps: int, keep: int):
         self.directory = (workdir / "checkpoints").absolute()
+        self.damaged_directory = (workdir / "damaged_checkpoints").absolute()
         self.every_steps = every_steps
+        self._saving: int | None = None  # the step whose asynchronous write may still be running
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
@@ -38,52 +98,129 @@ class Checkpointer:
         return self.directory / str(step)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Starts an asynchronous save of `state` and the JSON `meta` at `step` (device buffers are copied first)."""
-        meta = {**meta, "format_version": FORMAT_VERSION}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        """Starts an asynchronous save of `state` and the JSON `meta` at `step` (device buffers are copied first).
 
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
-        """(step, state, meta) of the newest checkpoint that reads back, or None when there is none.
+        A failed write (disk full, permissions) raises GenjaxError naming the checkpoint;
+        the checkpoints written before it stay intact.
+        """
+        meta = {**meta, "format_version": FORMAT_VERSION, "state_fingerprint": state_fingerprint(state)}
+        self.wait()  # surfaces a failure of the previous asynchronous write under its own step
+        self._saving = step
+        with self._write_errors():
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
 
-        A checkpoint that fails to read (truncated or corrupted) is reported with its
-        path and the previous one is tried; if every checkpoint is damaged it is an error.
+    def wait(self) -> None:
+        """Blocks until the pending write is on disk; raises GenjaxError if it failed."""
+        with self._write_errors():
+            self.manager.wait_until_finished()
+        self._saving = None
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """Turns a failed (possibly asynchronous) write into a GenjaxError naming the checkpoint."""
+        try:
+            yield
+        except GenjaxError:
+            raise
+        except Exception as error:  # tensorstore/orbax raise many types for I/O failures
+            path = self.path(self._saving) if self._saving is not None else self.directory
+            raise GenjaxError(
+                f"writing checkpoint {path} failed ({_first_line(error)}); free disk space or fix the permissions "
+                f"of {self.directory}, then rerun the same command: it resumes from the last complete checkpoint"
+            ) from error
+
+    def restore_latest(
+        self, abstract_state: Any, check_meta: Callable[[dict[str, Any], pathlib.Path], None]
+    ) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, meta) of the newest intact checkpoint, or None when there is no checkpoint at all.
+
+        `check_meta(meta, path)` runs before the state is read and raises GenjaxError for a
+        checkpoint that belongs to another experiment or config (an error, not damage).
+        A checkpoint whose meta or state fails to read, or whose state does not match
+        the fingerprint written with it, is reported with its path and the previous one
+        is tried; once an intact one is found the damaged newer ones are moved to
+        `damaged_checkpoints/` (so the run can write those steps again). If every
+        checkpoint is damaged nothing is moved and it is an error.
         """
         steps = self.all_steps()
+        damaged: list[int] = []
         for step in reversed(steps):
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                    ),
-                )
+                meta = self._restore_meta(step)
             except Exception as error:  # orbax raises many types for damaged files
-                print(f"warning: checkpoint {self.path(step)} is unreadable ({type(error).__name__}: "
-                      f"{str(error).splitlines()[0][:200]}); trying the previous one", file=sys.stderr)
+                self._report_damage(step, _first_line(error))
+                damaged.append(step)
                 continue
-            meta = dict(restored["meta"])
             if meta.get("format_version", 0) > FORMAT_VERSION:
                 raise GenjaxError(
                     f"checkpoint {self.path(step)} has format version {meta['format_version']}, newer than this "
                     f"genjax ({FORMAT_VERSION}); upgrade genjax or use another --workdir"
                 )
-            return step, restored["state"], meta
+            check_meta(meta, self.path(step))
+            try:
+                state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+            except Exception as error:
+                self._report_damage(step, _first_line(error))
+                damaged.append(step)
+                continue
+            mismatch = _fingerprint_mismatch(meta, state)
+            if mismatch:
+                self._report_damage(step, mismatch)
+                damaged.append(step)
+                continue
+            self._set_aside(damaged)
+            return step, state, meta
         if steps:
             raise GenjaxError(
-                f"every checkpoint in {self.directory} is unreadable (steps {steps}); remove the damaged ones "
-                "or use a fresh --workdir"
+                f"every checkpoint in {self.directory} is damaged (steps {steps}); nothing was changed. Remove the "
+                "damaged step directories to start over, or use a fresh --workdir"
             )
         return None
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def _restore_meta(self, step: int) -> dict[str, Any]:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta is a {type(meta).__name__}, not a JSON object")
+        return dict(meta)
+
+    def _report_damage(self, step: int, reason: str) -> None:
+        print(f"warning: checkpoint {self.path(step)} is damaged ({reason}); trying the previous one", file=sys.stderr, flush=True)
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves the damaged `steps` to `damaged_checkpoints/<step>[.n]` (process 0) and forgets them (all)."""
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            self.damaged_directory.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                target, suffix = self.damaged_directory / str(step), 1
+                while target.exists():
+                    target, suffix = self.damaged_directory / f"{step}.{suffix}", suffix + 1
+                shutil.move(str(self.path(step)), str(target))
+                print(f"warning: moved damaged checkpoint {self.path(step)} to {target}", file=sys.stderr, flush=True)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("genjax: damaged checkpoints set aside")
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _fingerprint_mismatch(meta: dict[str, Any], state: Any) -> str:
+    """'' when the restored `state` matches the fingerprint saved in `meta`, else which leaves differ."""
+    if meta.get("format_version", 0) < 2:
+        return ""  # format 1 predates fingerprints: restored unverified
+    saved, restored = meta.get("state_fingerprint"), state_fingerprint(state)
+    if not isinstance(saved, dict):
+        return "its meta holds no state_fingerprint"
+    differing = sorted(k for k in set(saved) | set(restored) if saved.get(k) != restored.get(k))
+    if not differing:
+        return ""
+    return f"state differs from the fingerprint written with it in {len(differing)} leaves, e.g. {differing[0]}"
 
 
 def abstract_with_shardings(state: Any, shardings: Any) -> Any:

@@ -7,6 +7,7 @@ import signal
 import time
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -46,22 +47,32 @@ def _check_compatible(meta: dict, name: str, signature: dict[str, list[int]], pa
 def _check_writable(workdir: pathlib.Path) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".genjax_write_probe"
+        probe = workdir / f".genjax_write_probe_{jax.process_index()}"  # one per process: no race between them
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
         raise GenjaxError(f"workdir '{workdir}' is not writable ({error.strerror}); choose another --workdir") from None
 
 
+def _all_finite(tree: Any) -> jax.Array:
+    """True when no leaf of `tree` holds a NaN or an Inf."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)]))
+
+
 @jax.jit
 def _accumulate(totals: dict, metrics: dict, step: jax.Array) -> dict:
-    """Adds one step's metrics to the running sums; remembers the first step with a non-finite metric."""
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
-    first_bad = jnp.where((totals["first_bad"] < 0) & ~finite, step, totals["first_bad"])
+    """Adds one step's metrics to the running sums if all are finite; else counts the step and flags the metrics.
+
+    Remembers the first step with a non-finite metric (the NaN stop) and, per metric,
+    whether it was non-finite (named in the error).
+    """
+    finite = _all_finite(metrics)
     return {
-        "sums": jax.tree.map(jnp.add, totals["sums"], metrics),
-        "count": totals["count"] + 1,
-        "first_bad": first_bad,
+        "sums": jax.tree.map(lambda s, v: s + jnp.where(finite, v, 0), totals["sums"], metrics),
+        "count": totals["count"] + finite,
+        "nonfinite": jax.tree.map(lambda b, v: b | ~jnp.all(jnp.isfinite(v)), totals["nonfinite"], metrics),
+        "skipped": totals["skipped"] + ~finite,
+        "first_bad": jnp.where((totals["first_bad"] < 0) & ~finite, step, totals["first_bad"]),
     }
 
 
@@ -69,6 +80,8 @@ def _empty_totals(metrics_shape: dict) -> dict:
     return {
         "sums": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape),
         "count": jnp.zeros((), jnp.int32),
+        "nonfinite": jax.tree.map(lambda s: jnp.zeros((), bool), metrics_shape),
+        "skipped": jnp.zeros((), jnp.int32),
         "first_bad": jnp.full((), -1, jnp.int32),
     }
 
@@ -88,16 +101,44 @@ class _StopRequest:
 
 
 def state_layout(task: Task, mesh: Mesh, rng: jax.Array, example_batch: dict[str, jax.Array]) -> tuple[Any, Any]:
-    """(abstract state, state shardings) of `task` on `mesh`, without allocating any parameter."""
-    abstract_state = jax.eval_shape(task.init_state, rng, example_batch)
-    return abstract_state, sharding_lib.state_shardings(abstract_state, mesh)
+    """(abstract state, state shardings) of `task` on `mesh`, without allocating any parameter.
+
+    `init_state` may return Flax logical-partitioning boxes: they decide the shardings
+    and are removed from the state (see genjax/sharding.py).
+    """
+    boxed_state = jax.eval_shape(task.init_state, rng, example_batch)
+    return nn.unbox(boxed_state), sharding_lib.state_shardings(boxed_state, mesh)
 
 
-def compile_steps(task: Task, mesh: Mesh, state_shardings: Any) -> tuple[Callable, Callable]:
-    """The jitted (train_step, eval_step) every run and benchmark uses: state donated, shardings explicit."""
+def init_state(task: Task, state_shardings: Any, rng: jax.Array, example_batch: dict[str, jax.Array]) -> Any:
+    """A fresh state born sharded: `task.init_state` jitted with the layout's out_shardings, boxes removed."""
+    return jax.jit(sharding_lib.unboxed(task.init_state), out_shardings=state_shardings)(rng, example_batch)
+
+
+def skipping_nonfinite(train_step: Callable) -> Callable:
+    """`train_step` that keeps the old state, advancing only `step`, when any of its metrics is NaN or Inf.
+
+    The metrics hold the loss and every network's grad_norm (see `state.apply_gradients`),
+    so a non-finite loss or gradient skips the whole update, for every family alike.
+    """
+
+    def step(state: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[Any, dict]:
+        new_state, metrics = train_step(state, batch, rng)
+        keep = _all_finite(metrics)
+        kept = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
+        return kept.replace(step=new_state.step), metrics
+
+    return step
+
+
+def compile_steps(task: Task, mesh: Mesh, state_shardings: Any, skip_nonfinite: bool = False) -> tuple[Callable, Callable]:
+    """The jitted (train_step, eval_step) every run and benchmark uses: state donated, shardings explicit.
+
+    With `skip_nonfinite` a step with a non-finite metric leaves the state unchanged (see `skipping_nonfinite`).
+    """
     data_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
     train_step = jax.jit(
-        task.train_step,
+        skipping_nonfinite(task.train_step) if skip_nonfinite else task.train_step,
         in_shardings=(state_shardings, data_sharding, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
@@ -128,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     # Workdir, config and mesh.
     _check_writable(workdir)
-    mesh = sharding_lib.make_mesh(config.num_devices)
+    mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
     sharding_lib.check_batch_size(config.batch_size, mesh)
     sharding_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     data_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
@@ -141,13 +182,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     # Restore, or start fresh only from an empty checkpoint dir.
     checkpointer = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
-    restored = checkpointer.restore_latest(abstract_with_shardings(abstract_state, state_shardings))
+    restored = checkpointer.restore_latest(
+        abstract_with_shardings(abstract_state, state_shardings),
+        check_meta=lambda meta, path: _check_compatible(meta, experiment.name, signature, path),
+    )
     if restored is None:
-        state = jax.jit(task.init_state, out_shardings=state_shardings)(init_rng, example_batch)
+        state = init_state(task, state_shardings, init_rng, example_batch)
         data_index, last_saved = 0, None
     else:
         last_saved, state, meta = restored
-        _check_compatible(meta, experiment.name, signature, checkpointer.path(last_saved))
         train_rng = jax.random.wrap_key_data(np.asarray(meta["train_rng"], np.uint32))
         data_index = meta["data_index"]
         if is_main:
@@ -156,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         config_lib.save_config(config, workdir)
 
     # The compiled steps: state donated, shardings explicit.
-    train_step, eval_step = compile_steps(task, mesh, state_shardings)
+    train_step, eval_step = compile_steps(task, mesh, state_shardings, config.skip_nonfinite)
     metrics_shape = jax.eval_shape(task.train_step, abstract_state, example_batch, train_rng)[1]
 
     logger = MetricLogger(workdir)
@@ -174,16 +217,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         last_saved = at_step
 
     def fetch_window(totals: dict) -> dict[str, float]:
-        """Host copy of the mean metrics since the last fetch; stops the run at a non-finite value."""
+        """Host copy of the mean metrics over the finite steps since the last fetch.
+
+        A non-finite metric stops the run, unless `skip_nonfinite`: then the skipped
+        steps are counted in `skipped_updates`, and only a window of nothing but
+        skipped steps stops it.
+        """
         totals = jax.device_get(totals)
-        if totals["first_bad"] >= 0:
-            bad = sorted(k for k, v in totals["sums"].items() if not np.all(np.isfinite(v)))
+        count, skipped = int(totals["count"]), int(totals["skipped"])
+        if skipped and (not config.skip_nonfinite or count == 0):
+            bad = sorted(k for k, v in totals["nonfinite"].items() if v)
             good = f"last good checkpoint: {checkpointer.path(last_saved)}" if last_saved is not None else "no checkpoint was written"
+            every = f" (all {skipped} updates since the last log were skipped)" if config.skip_nonfinite else ""
             raise GenjaxError(
-                f"non-finite {', '.join(bad)} at step {int(totals['first_bad']) + 1}; stopped without saving ({good}); "
+                f"non-finite {', '.join(bad)} at step {int(totals['first_bad']) + 1}{every}; stopped without saving ({good}); "
                 "lower the learning rate or enable gradient clipping (--config.optimizer.grad_clip_norm=1.0)"
             )
-        return {k: float(v) / max(int(totals["count"]), 1) for k, v in totals["sums"].items()}
+        means = {k: float(v) / count for k, v in totals["sums"].items()}
+        return {**means, "skipped_updates": skipped} if config.skip_nonfinite else means
 
     stop = _StopRequest()
     eval_every = config.eval_every or getattr(experiment.train_data, "steps_per_epoch", total_steps)
@@ -200,7 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
             at_log = step % config.log_every == 0 or step == total_steps
             at_eval = step % eval_every == 0 or step == total_steps
-            at_checkpoint = step % config.checkpoint_every == 0 or step == total_steps or stop.requested
+            stopping = stop.requested  # read once: a SIGTERM arriving later in this step is handled at the next
+            at_checkpoint = step % config.checkpoint_every == 0 or step == total_steps or stopping
             if at_log or at_eval or at_checkpoint:
                 train_metrics = fetch_window(totals)
                 totals = _empty_totals(metrics_shape)
@@ -216,11 +268,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 save(step)
             if at_eval and step != total_steps:
                 eval_metrics = evaluate(experiment, state, eval_step, data_sharding, eval_rng)
-                eval_metrics.update(task.report(state, step, workdir, eval_rng, final=False))
+                eval_metrics.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, final=False))
                 logger.write(step, "test", eval_metrics)
                 if is_main:
                     print(f"step {step}  test " + "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
-            if stop.requested:
+            if stopping:
                 checkpointer.wait()
                 if is_main:
                     print(f"SIGTERM: saved {checkpointer.path(step)}; exiting", flush=True)
@@ -228,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if last_saved != step:
             save(step)
         final = evaluate(experiment, state, eval_step, data_sharding, eval_rng)
-        final.update(task.report(state, step, workdir, eval_rng, final=True))
+        final.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, final=True))
         logger.write(step, "test", final)
         if is_main:
             print("final test " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
@@ -239,3 +291,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         checkpointer.wait()
         checkpointer.close()
         logger.close()
+
+
+def restore_trained_state(workdir: str | pathlib.Path, experiment_name: str, task: Task, example_batch: dict[str, Any]) -> Any:
+    """The newest intact checkpoint's state in `<workdir>` on one device, for inference (sampling, prediction).
+
+    `example_batch` (host arrays) fixes the input shapes as in training; GenjaxError when
+    the workdir holds no checkpoint or one of another experiment or config.
+    """
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise GenjaxError(f"no checkpoints in workdir '{workdir}'; train first with this --workdir")
+    mesh = sharding_lib.make_mesh(1)
+    abstract_state, state_shardings = state_layout(task, mesh, jax.random.key(0), example_batch)
+    signature = _state_signature(abstract_state)
+    checkpointer = Checkpointer(workdir, every_steps=1, keep=1_000_000)
+    try:
+        restored = checkpointer.restore_latest(
+            abstract_with_shardings(abstract_state, state_shardings),
+            check_meta=lambda meta, path: _check_compatible(meta, experiment_name, signature, path),
+        )
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise GenjaxError(f"no checkpoints in workdir '{workdir}'; train first with this --workdir")
+    return restored[1]

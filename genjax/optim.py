@@ -100,7 +100,9 @@ def accumulate_gradients(
     `loss_and_grad(params, micro_batch, rng) -> ((loss, metrics), grads)` is
     `jax.value_and_grad(loss_fn, has_aux=True)`. With equal slices the mean of the
     micro-batch means equals the full-batch mean, so k micro-batches of B/k give the
-    update of one batch of B while holding only B/k activations. Micro-batch i uses
+    update of one batch of B while holding only B/k activations. Micro-batch i holds
+    rows i, i + k, i + 2k, ...: a batch split over devices along its rows stays split,
+    each device computing its own rows of every micro-batch. Micro-batch i uses
     the key `fold_in(rng, i)`; with one micro-batch `rng` is used as it is.
     """
     if num_micro_batches == 1:
@@ -113,7 +115,7 @@ def accumulate_gradients(
             f"batch of {size} does not split into grad_accum_steps={num_micro_batches} equal micro-batches; "
             "choose a batch size divisible by it"
         )
-    micro = jax.tree.map(lambda x: x.reshape(num_micro_batches, size // num_micro_batches, *x.shape[1:]), batch)
+    micro = jax.tree.map(lambda x: x.reshape(size // num_micro_batches, num_micro_batches, *x.shape[1:]).swapaxes(0, 1), batch)
 
     def one(index: jax.Array, micro_batch: dict) -> tuple[dict, PyTree]:
         (loss, metrics), grads = loss_and_grad(params, micro_batch, jax.random.fold_in(rng, index))

@@ -68,7 +68,10 @@ def loop_config(**overrides: Any) -> ml_collections.ConfigDict:
             eval_every=0,  # 0: evaluate once per epoch
             checkpoint_every=1000,
             keep_checkpoints=3,
+            skip_nonfinite=False,  # True: a step with a NaN/Inf loss or gradient keeps the old state, counted in skipped_updates
             num_devices=0,  # 0: all visible devices
+            parallelism="data",  # data: replicated state | fsdp: state split over the fsdp mesh axis
+            fsdp_devices=0,  # devices per FSDP group (parallelism=fsdp); 0: all devices
             data_dir="",  # "": $TFDS_DATA_DIR, else TFDS's default
             download=True,  # prepare a dataset missing from data_dir (needs internet and TensorFlow once)
         )

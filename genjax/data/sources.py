@@ -40,11 +40,12 @@ def _prepare(name: str, data_dir: str | None) -> None:
     tfds.builder(name, data_dir=data_dir).download_and_prepare(file_format="array_record")
 
 
-def data_source(name: str, split: str, data_dir: str = "", download: bool = True):
+def data_source(name: str, split: str, data_dir: str = "", download: bool = True, features: tuple[str, ...] = ()):
     """Returns the random-access TFDS source of `name`/`split`, preparing it first if allowed.
 
     Raises GenjaxError for an unknown dataset, a data dir that does not exist,
-    a dataset missing from the data dir (when `download` is False) and an unknown split.
+    a dataset missing from the data dir (when `download` is False), an unknown split
+    and a dataset lacking one of the `features` the caller reads (e.g. text asked of MNIST).
     """
     tfds = _tfds()
     directory = resolve_data_dir(data_dir)
@@ -71,13 +72,19 @@ def data_source(name: str, split: str, data_dir: str = "", download: bool = True
     splits = list(builder.info.splits.keys())
     if split not in splits:
         raise GenjaxError(f"dataset '{name}' has no split '{split}'; its splits are {splits}")
+    missing = [f for f in features if f not in builder.info.features.keys()]
+    if missing:
+        raise GenjaxError(
+            f"dataset '{name}' lacks feature(s) {missing} (it has {sorted(builder.info.features.keys())}); "
+            f"choose a dataset with {list(features)}"
+        )
     return tfds.data_source(name, split=split, data_dir=directory, download=False)
 
 
 @functools.lru_cache(maxsize=8)
 def image_arrays(name: str, split: str, data_dir: str = "", download: bool = True) -> dict[str, np.ndarray]:
     """The whole split decoded once: {'image': uint8 [N, H, W, C], 'label': int32 [N]}."""
-    source = data_source(name, split, data_dir, download)
+    source = data_source(name, split, data_dir, download, features=("image", "label"))
     records = source.__getitems__(range(len(source)))
     return {
         "image": np.stack([r["image"] for r in records]),
@@ -88,13 +95,13 @@ def image_arrays(name: str, split: str, data_dir: str = "", download: bool = Tru
 @functools.lru_cache(maxsize=8)
 def text(name: str, split: str, data_dir: str = "", download: bool = True) -> str:
     """A single-text split (e.g. tiny_shakespeare) as one UTF-8 string."""
-    source = data_source(name, split, data_dir, download)
+    source = data_source(name, split, data_dir, download, features=("text",))
     return "".join(source[i]["text"].decode("utf-8") for i in range(len(source)))
 
 
 @functools.lru_cache(maxsize=8)
 def labelled_texts(name: str, split: str, data_dir: str = "", download: bool = True) -> tuple[list[str], np.ndarray]:
     """A text-classification split (e.g. imdb_reviews): (texts, int32 labels [N])."""
-    source = data_source(name, split, data_dir, download)
+    source = data_source(name, split, data_dir, download, features=("text", "label"))
     records = source.__getitems__(range(len(source)))
     return [r["text"].decode("utf-8") for r in records], np.asarray([r["label"] for r in records], np.int32)

@@ -1,4 +1,8 @@
-"""VAE encoders and decoders for 28x28x1 images: the classic MLP (784-500-z) and a small conv net."""
+"""VAE encoders and decoders for 28x28x1 images: the classic MLP (784-500-z) and a small conv net.
+
+Every module computes in `dtype` (float32 or bfloat16) with float32 parameters
+(Flax's default `param_dtype`); the VAE hands its outputs back in float32.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +18,24 @@ class MLPEncoder(nn.Module):
 
     hidden: int = 500
     latents: int = 20
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = nn.relu(nn.Dense(self.hidden, name="hidden")(x.reshape(x.shape[0], -1)))
-        return nn.Dense(self.latents, name="mean")(h), nn.Dense(self.latents, name="logvar")(h)
+        h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.latents, dtype=self.dtype, name="mean")(h), nn.Dense(self.latents, dtype=self.dtype, name="logvar")(h)
 
 
 class MLPDecoder(nn.Module):
     """[B, latents] -> Bernoulli logits [B, 28, 28, 1]."""
 
     hidden: int = 500
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        h = nn.relu(nn.Dense(self.hidden, name="hidden")(z))
-        return nn.Dense(28 * 28, name="logits")(h).reshape(z.shape[0], *IMAGE_SHAPE)
+        h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(z))
+        return nn.Dense(28 * 28, dtype=self.dtype, name="logits")(h).reshape(z.shape[0], *IMAGE_SHAPE)
 
 
 class ConvEncoder(nn.Module):
@@ -38,13 +44,14 @@ class ConvEncoder(nn.Module):
     features: int = 32
     hidden: int = 256
     latents: int = 20
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = nn.relu(nn.Conv(self.features, (3, 3), strides=2, name="conv1")(x))
-        h = nn.relu(nn.Conv(2 * self.features, (3, 3), strides=2, name="conv2")(h))
-        h = nn.relu(nn.Dense(self.hidden, name="hidden")(h.reshape(h.shape[0], -1)))
-        return nn.Dense(self.latents, name="mean")(h), nn.Dense(self.latents, name="logvar")(h)
+        h = nn.relu(nn.Conv(self.features, (3, 3), strides=2, dtype=self.dtype, name="conv1")(x))
+        h = nn.relu(nn.Conv(2 * self.features, (3, 3), strides=2, dtype=self.dtype, name="conv2")(h))
+        h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(h.reshape(h.shape[0], -1)))
+        return nn.Dense(self.latents, dtype=self.dtype, name="mean")(h), nn.Dense(self.latents, dtype=self.dtype, name="logvar")(h)
 
 
 class ConvDecoder(nn.Module):
@@ -52,44 +59,51 @@ class ConvDecoder(nn.Module):
 
     features: int = 32
     hidden: int = 256
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        h = nn.relu(nn.Dense(self.hidden, name="hidden")(z))
-        h = nn.relu(nn.Dense(7 * 7 * 2 * self.features, name="project")(h)).reshape(z.shape[0], 7, 7, 2 * self.features)
-        h = nn.relu(nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), name="up1")(h))
-        h = nn.relu(nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), name="up2")(h))
-        return nn.Conv(1, (3, 3), name="logits")(h)
+        h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(z))
+        h = nn.relu(nn.Dense(7 * 7 * 2 * self.features, dtype=self.dtype, name="project")(h))
+        h = h.reshape(z.shape[0], 7, 7, 2 * self.features)
+        h = nn.relu(nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), dtype=self.dtype, name="up1")(h))
+        h = nn.relu(nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), dtype=self.dtype, name="up2")(h))
+        return nn.Conv(1, (3, 3), dtype=self.dtype, name="logits")(h)
 
 
 class VAE(nn.Module):
     """Gaussian encoder q(z|x), Bernoulli decoder p(x|z), standard normal prior.
 
-    `kind` is "mlp" (784-hidden-latents, the classic) or "conv".
+    `kind` is "mlp" (784-hidden-latents, the classic) or "conv". The networks compute in
+    `dtype`; means, log-variances, latents and logits are float32.
     """
 
     kind: str = "mlp"
     hidden: int = 500
     latents: int = 20
+    dtype: jnp.dtype = jnp.float32
 
     def setup(self) -> None:
         if self.kind == "mlp":
-            self.encoder = MLPEncoder(self.hidden, self.latents)
-            self.decoder = MLPDecoder(self.hidden)
+            self.encoder = MLPEncoder(self.hidden, self.latents, self.dtype)
+            self.decoder = MLPDecoder(self.hidden, self.dtype)
         elif self.kind == "conv":
-            self.encoder = ConvEncoder(hidden=self.hidden, latents=self.latents)
-            self.decoder = ConvDecoder(hidden=self.hidden)
+            self.encoder = ConvEncoder(hidden=self.hidden, latents=self.latents, dtype=self.dtype)
+            self.decoder = ConvDecoder(hidden=self.hidden, dtype=self.dtype)
         else:
             raise ValueError(f"unknown VAE kind '{self.kind}'; choose 'mlp' or 'conv'")
 
     def __call__(self, x: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x [B, 28, 28, 1] in {0, 1} -> (logits [B, 28, 28, 1], mean [B, z], logvar [B, z])."""
-        mean, logvar = self.encoder(x)
+        mean, logvar = self.encode(x)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
-        return self.decoder(z), mean, logvar
+        return self.decode(z), mean, logvar
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.encoder(x)
+        """x [B, 28, 28, 1] -> float32 (mean, logvar) [B, z]."""
+        mean, logvar = self.encoder(x)
+        return mean.astype(jnp.float32), logvar.astype(jnp.float32)
 
     def decode(self, z: jax.Array) -> jax.Array:
-        return self.decoder(z)
+        """z [B, z] -> float32 logits [B, 28, 28, 1]."""
+        return self.decoder(z).astype(jnp.float32)

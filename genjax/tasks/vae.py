@@ -16,6 +16,7 @@ from genjax import vis
 from genjax.data.images import augment_digits, dynamic_binarization
 from genjax.models.vae import VAE
 from genjax.optim import Optimizer, accumulate_gradients
+from genjax.precision import compute_dtype
 from genjax.state import TrainState, apply_gradients, create_train_state
 
 
@@ -68,7 +69,9 @@ class VAETask:
 
     def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, test_images: np.ndarray):
         self.config = config
-        self.model = VAE(kind=config.model.kind, hidden=config.model.hidden, latents=config.model.latents)
+        self.model = VAE(
+            kind=config.model.kind, hidden=config.model.hidden, latents=config.model.latents, dtype=compute_dtype(config.dtype)
+        )
         self.optimizer = optimizer
         self.test_images = test_images  # uint8 0/255, the fixed binarisation of the test split
 
