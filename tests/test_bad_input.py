@@ -1,0 +1,202 @@
+"""Bad input catalogue: each case, run through the real entry point as a process, ends with exactly one
+`error: ...` line naming the bad value and the fix, exit status 2, no traceback, and an unchanged workdir.
+
+Variants of a case already covered (nested key, float, missing value, wrong dataset kind,
+download on) are marked slow to keep CI short.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import faults
+from experiments import vae_mnist
+
+VAE = "experiments.vae_mnist"
+TINY = dict(num_train_steps=20, checkpoint_every=10, log_every=10)
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("jax_compile_cache")
+
+
+@pytest.fixture(scope="module")
+def vae_workdir(tmp_path_factory, data_dir) -> pathlib.Path:
+    """A finished tiny VAE run (checkpoints 10 and 20) with the settings `faults.command` gives the VAE."""
+    workdir = tmp_path_factory.mktemp("vae_workdir")
+    config = vae_mnist.get_config()
+    config.update({**faults.TINY_OVERRIDES[VAE], **TINY})
+    vae_mnist.train_and_evaluate(config, workdir)
+    assert faults.committed_steps(workdir) == [10, 20]
+    return workdir
+
+
+@pytest.fixture
+def workdir_copy(vae_workdir, tmp_path) -> pathlib.Path:
+    copy = tmp_path / "run"
+    shutil.copytree(vae_workdir, copy)
+    return copy
+
+
+def run_vae(workdir, compile_cache, env=None, module=VAE, **overrides) -> subprocess.CompletedProcess:
+    return faults.run(faults.command(module, workdir, **{**TINY, **overrides}), faults.environment(compile_cache, **(env or {})))
+
+
+def error_line(done: subprocess.CompletedProcess, orbax_logs_traceback: bool = False) -> str:
+    """The single `error: ...` line of a run that must have failed cleanly.
+
+    With `orbax_logs_traceback`, orbax's own ERROR log of its failed background write
+    (a traceback) may precede it; the error line must still be the last line.
+    """
+    assert done.returncode == 2, f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    if orbax_logs_traceback:
+        assert done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr[-3000:]
+    else:
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    return errors[0]
+
+
+def test_unknown_dataset(tmp_path, compile_cache):
+    line = error_line(run_vae(tmp_path / "w", compile_cache, dataset="mnsit"))
+    assert "unknown dataset 'mnsit'" in line and "mnist" in line  # lists the prepared ones
+    assert not (tmp_path / "w").exists()
+
+
+def test_data_dir_that_does_not_exist(tmp_path, compile_cache):
+    missing = tmp_path / "no_such_dir"
+    line = error_line(run_vae(tmp_path / "w", compile_cache, data_dir=missing))
+    assert f"data dir '{missing}' does not exist" in line and "TFDS_DATA_DIR" in line
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "download", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["download-off", "download-on-without-tensorflow"]
+)
+def test_empty_data_dir(download, tmp_path, compile_cache):
+    if download and importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("with TensorFlow installed an empty data dir starts a download")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = error_line(run_vae(tmp_path / "w", compile_cache, data_dir=empty, download=download))
+    assert "dataset 'mnist' is not prepared in" in line and str(empty) in line
+    assert ("--config.download=True" in line) if not download else ("TensorFlow" in line and "TFDS_DATA_DIR" in line)
+    assert not (tmp_path / "w").exists()
+
+
+def test_split_that_does_not_exist(tmp_path, compile_cache):
+    """The char LM reads a 'validation' split; imdb_reviews has text but only train/test(/unsupervised)."""
+    done = faults.run(
+        faults.command("experiments.charlm_shakespeare", tmp_path / "w", dataset="imdb_reviews", num_train_steps=2),
+        faults.environment(compile_cache),
+    )
+    line = error_line(done)
+    assert "dataset 'imdb_reviews' has no split 'validation'" in line and "'train'" in line
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_dataset_of_the_wrong_kind(tmp_path, compile_cache):
+    line = error_line(run_vae(tmp_path / "w", compile_cache, dataset="tiny_shakespeare"))
+    assert "dataset 'tiny_shakespeare' lacks feature(s) ['image', 'label']" in line
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("--config.learnin_rate=0.1", ["unknown config key 'learnin_rate'", "optimizer.learning_rate"]),
+        pytest.param("--config.optimizer.lr=0.1", ["unknown config key 'optimizer.lr'", "optimizer.learning_rate"], marks=pytest.mark.slow),
+        ("--config.batch_size=big", ["config key 'batch_size' expects int", "'big'", f"--config.batch_size={vae_mnist.get_config().batch_size}"]),
+        pytest.param("--config.optimizer.learning_rate=fast", ["config key 'optimizer.learning_rate' expects float", "'fast'"], marks=pytest.mark.slow),
+        pytest.param("--config.iwae_samples", ["config override '--config.iwae_samples' has no value"], marks=pytest.mark.slow),
+        ("--workdr=/tmp/x", ["unknown arguments ['--workdr=/tmp/x']"]),
+    ],
+    ids=["unknown-key", "unknown-nested-key", "bad-int", "bad-float", "no-value", "unknown-flag"],
+)
+def test_bad_command_line(override, fragments, tmp_path, compile_cache):
+    cmd = [sys.executable, "-m", VAE, "--workdir", str(tmp_path / "w"), override]
+    line = error_line(faults.run(cmd, faults.environment(compile_cache)))
+    for fragment in fragments:
+        assert fragment in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_batch_size_not_divisible_by_the_devices(tmp_path, compile_cache):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    line = error_line(run_vae(tmp_path / "w", compile_cache, env=env, batch_size=33))
+    assert "batch_size=33" in line and "not divisible" in line and "2 devices" in line
+    assert faults.committed_steps(tmp_path / "w") == []
+
+
+def test_workdir_of_another_experiment(workdir_copy, compile_cache):
+    before = faults.tree_snapshot(workdir_copy)
+    line = error_line(run_vae(workdir_copy, compile_cache, module="experiments.mlp_mnist", batch_size=32))
+    assert "written by experiment 'vae_mnist', not 'mlp_mnist'" in line and "fresh --workdir" in line
+    assert faults.tree_snapshot(workdir_copy) == before
+
+
+def test_workdir_of_an_incompatible_config(workdir_copy, compile_cache):
+    before = faults.tree_snapshot(workdir_copy)
+    line = error_line(run_vae(workdir_copy, compile_cache, **{"model.hidden": 100}))
+    assert f"checkpoint {workdir_copy.absolute() / 'checkpoints' / '20'} does not fit this config" in line
+    assert re.search(r"state leaf \S+ has shape \[[0-9, ]*500[0-9, ]*\] there but \[[0-9, ]*100[0-9, ]*\] here \(changed model shape\?\)", line), line
+    assert faults.tree_snapshot(workdir_copy) == before
+
+
+def test_checkpoint_from_a_newer_format_version(workdir_copy, compile_cache):
+    meta_path = workdir_copy / "checkpoints" / "20" / "meta" / "metadata"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "format_version": 99}))
+    before = faults.tree_snapshot(workdir_copy)
+    line = error_line(run_vae(workdir_copy, compile_cache))
+    assert "format version 99, newer than this genjax" in line and "upgrade genjax" in line
+    assert faults.tree_snapshot(workdir_copy) == before
+
+
+def test_unwritable_workdir(tmp_path, compile_cache):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    line = error_line(run_vae(blocker / "run", compile_cache))
+    assert f"workdir '{blocker / 'run'}' is not writable" in line and "choose another --workdir" in line
+
+
+def _can_mount_tmpfs(mount_point: pathlib.Path) -> bool:
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs '{mount_point}'"],
+        capture_output=True,
+    ) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoints(workdir_copy, tmp_path, compile_cache):
+    """The workdir sits on a private tmpfs with ~3 MB free: the step-30 checkpoint (~8 MB) cannot be written."""
+    mount_point, result = tmp_path / "mnt", tmp_path / "after"
+    mount_point.mkdir()
+    if not _can_mount_tmpfs(mount_point):
+        pytest.skip("cannot mount a private tmpfs here (no user namespaces)")
+    used = sum(p.stat().st_size for p in workdir_copy.rglob("*") if p.is_file())
+    size_kb = used // 1024 + 3 * 1024
+    before = faults.tree_snapshot(workdir_copy / "checkpoints")
+    cmd = " ".join(f"'{c}'" for c in faults.command(VAE, mount_point / "run", **{**TINY, "num_train_steps": 30}))
+    script = (
+        f"mount -t tmpfs -o size={size_kb}k tmpfs '{mount_point}' && cp -a '{workdir_copy}' '{mount_point}/run' && "
+        f"{cmd}; status=$?; cp -a '{mount_point}/run' '{result}'; exit $status"
+    )
+    done = faults.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], faults.environment(compile_cache))
+    line = error_line(done, orbax_logs_traceback=True)
+    assert f"writing checkpoint {mount_point / 'run' / 'checkpoints' / '30'} failed" in line
+    assert "No space left on device" in line
+    assert "free disk space" in line
+    assert faults.committed_steps(result) == [10, 20]
+    after = faults.tree_snapshot(result / "checkpoints")
+    assert {k: v for k, v in after.items() if not k.startswith("30.orbax-checkpoint-tmp")} == before
