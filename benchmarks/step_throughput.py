@@ -1,0 +1,253 @@
+"""Step time, throughput and MFU of the library's real jitted train step, for one model family.
+
+Command:  python -m benchmarks.step_throughput --model vae --batch-size 128 --steps 200
+          [--dtype bf16] [--data real] [--config.KEY=VALUE ...]
+Prints a table, then one JSON line (the last line of stdout) with every figure.
+
+The step is the one the experiments train with: the experiment comes from
+`experiments.<module>.build(config)`, its state is laid out by `genjax.loop.state_layout`
+and the step jitted by `genjax.loop.compile_steps` (state donated, shardings explicit).
+`--data synthetic` (default) feeds one device-resident batch to every step; `--data real`
+also times the real input pipeline (`device_prefetch` over the experiment's train loader),
+alternating windows of both so that a change of machine load hits both alike.
+The first call (trace, compile, one step) and a few warm-up steps are not timed; the timed
+steps run in windows, each closed by `block_until_ready`, and the median and 90th percentile
+are over the windows' per-step times. MFU is model FLOPs per second over the peak of all devices
+(benchmarks/peaks.py: published, or on CPU a large matmul timed after every window, in the same
+process and under the same load), the median over windows. FLOP conventions: genjax/flops.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib
+import importlib.util
+import json
+import sys
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import jaxlib
+import ml_collections
+import numpy as np
+import optax
+
+from benchmarks import peaks
+from genjax import cli, flops, loop
+from genjax import config as config_lib
+from genjax import sharding as sharding_lib
+from genjax.data.loader import device_prefetch, to_global
+from genjax.errors import GenjaxError
+from genjax.state import TrainState
+from genjax.task import Experiment
+
+DTYPES = {"f32": "float32", "bf16": "bfloat16"}
+WARMUP_STEPS = 3
+NUM_WINDOWS = 10
+
+
+def model_loss(task: Any, state: TrainState, batch: dict, rng: jax.Array) -> Any:
+    """The forward pass of a single-network family: its training loss on the batch."""
+    return task.loss(state.params["model"], batch, rng)
+
+
+def gan_forward(task: Any, state: TrainState, batch: dict, rng: jax.Array) -> Any:
+    """The forward passes of one GAN step: G(z) once, D on real and generated images (discriminator
+    update) and D on the generated ones again (generator update)."""
+    real = batch["image"].astype(jnp.float32)
+    z = jnp.zeros((real.shape[0], task.latents))
+    fake = task.generator.apply(task.sampling_variables(state, ema=False), z, train=False)
+    discriminate = functools.partial(task.discriminator.apply, {"params": state.params["discriminator"]})
+    return discriminate(jnp.concatenate([real, fake])), discriminate(fake)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How to benchmark one model family.
+
+    Attributes:
+      module: the experiment module, with `get_config()` and `build(config) -> Experiment`.
+      overrides: config overrides (dotted key -> command-line text) that select the family in `module`.
+      forward: `(task, state, batch, rng) -> anything`, the forward passes of one step; the model
+        FLOPs of a step are 3 times their matmul and convolution FLOPs (genjax/flops.py).
+      tokens_per_example: for sequence models, `config -> tokens per example` (tokens/s are reported).
+    """
+
+    module: str
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+    forward: Callable[[Any, TrainState, dict, jax.Array], Any] = model_loss
+    tokens_per_example: Callable[[ml_collections.ConfigDict], int] | None = None
+
+
+FAMILIES: dict[str, Family] = {
+    "vae": Family("experiments.vae_mnist", {"model.kind": "mlp"}),
+    "vae_conv": Family("experiments.vae_mnist", {"model.kind": "conv"}),
+    "mlp": Family("experiments.mlp_mnist"),
+    "cnn": Family("experiments.cnn_mnist"),
+    "dcgan": Family("experiments.gan_mnist", forward=gan_forward),
+    "charlm": Family("experiments.charlm_shakespeare", tokens_per_example=lambda config: config.context),
+    "imdb": Family("experiments.transformer_imdb", tokens_per_example=lambda config: config.max_len),  # padded length
+}
+
+
+def available_families() -> list[str]:
+    """The families whose experiment module is present in this checkout."""
+    return [name for name, family in FAMILIES.items() if importlib.util.find_spec(family.module) is not None]
+
+
+def make_config(family: Family, batch_size: int, dtype: str, config_args: Sequence[str]) -> ml_collections.ConfigDict:
+    """The experiment's config with the family's overrides, the batch size, the dtype and `--config.*` applied."""
+    config = importlib.import_module(family.module).get_config()
+    for key, text in family.overrides.items():
+        config_lib.apply_override(config, key, text)
+    config.batch_size = batch_size
+    if "dtype" in config:
+        config.dtype = dtype
+    elif dtype != "float32":
+        raise GenjaxError(f"{family.module} has no config field 'dtype' yet, so it cannot run in {dtype}; use --dtype f32")
+    rest = config_lib.parse_overrides(config, config_args)
+    if rest:
+        raise GenjaxError(f"unknown arguments {rest}; pass --config.KEY=VALUE for config fields, see --help")
+    return config
+
+
+def step_flops(family: Family, task: Any, state: TrainState, batch: dict, rng: jax.Array) -> tuple[int, int]:
+    """(model FLOPs: 3 x the family's forward passes, executed FLOPs: the matmuls and convolutions
+    of the train step itself, backward included), counted from shapes; `state` may be abstract."""
+    model = flops.train_flops(functools.partial(family.forward, task), state, batch, rng)
+    return model, flops.count_flops(task.train_step, state, batch, rng)
+
+
+def time_windows(step: Callable, state: Any, batches: Iterator[dict], rng: jax.Array, window: int) -> tuple[Any, float]:
+    """Runs `window` steps and waits for the last; returns (state, seconds per step)."""
+    start = time.perf_counter()
+    for _ in range(window):
+        state, metrics = step(state, next(batches), rng)
+    jax.block_until_ready((state, metrics))
+    return state, (time.perf_counter() - start) / window
+
+
+def repeat(batch: dict) -> Iterator[dict]:
+    while True:
+        yield batch
+
+
+def summary(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"step_ms_median": float(np.median(ms)), "step_ms_p90": float(np.percentile(ms, 90))}
+
+
+def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", data: str = "synthetic",
+              config_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Times `steps` train steps of family `model`; returns the figures of the JSON line."""
+    if model not in FAMILIES:
+        raise GenjaxError(f"unknown --model '{model}'; choose one of {sorted(FAMILIES)}")
+    if model not in available_families():
+        raise GenjaxError(f"--model {model} needs {FAMILIES[model].module}, which is not in this checkout yet")
+    if steps < 1 or batch_size < 1:
+        raise GenjaxError(f"--steps ({steps}) and --batch-size ({batch_size}) must be >= 1")
+    family = FAMILIES[model]
+    config = make_config(family, batch_size, dtype, config_args)
+    experiment: Experiment = importlib.import_module(family.module).build(config)
+    task = experiment.task
+
+    mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
+    sharding_lib.check_batch_size(batch_size, mesh)
+    data_sharding = sharding_lib.batch_sharding(mesh)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    batch = to_global(experiment.train_data.batch_at(0), data_sharding)
+    abstract_state, state_shardings = loop.state_layout(task, mesh, init_rng, batch)
+    state = loop.init_state(task, state_shardings, init_rng, batch)
+    train_step, _ = loop.compile_steps(task, mesh, state_shardings, config.skip_nonfinite)
+
+    model_flops, executed_flops = step_flops(family, task, abstract_state, batch, train_rng)
+
+    meter = peaks.PeakMeter(mesh, dtype)
+    start = time.perf_counter()
+    state, metrics = train_step(state, batch, train_rng)
+    jax.block_until_ready((state, metrics))
+    compile_s = time.perf_counter() - start
+    state, _ = time_windows(train_step, state, repeat(batch), train_rng, WARMUP_STEPS)
+
+    window = max(1, steps // NUM_WINDOWS)
+    synthetic, real, peak = [], [], []
+    real_batches = device_prefetch(experiment.train_data, 1, data_sharding) if data == "real" else None
+    try:
+        for _ in range(max(1, steps // window)):
+            state, seconds = time_windows(train_step, state, repeat(batch), train_rng, window)
+            synthetic.append(seconds)
+            if real_batches is not None:
+                state, seconds = time_windows(train_step, state, real_batches, train_rng, window)
+                real.append(seconds)
+            peak.append(meter.sample())
+    finally:
+        if real_batches is not None:
+            real_batches.close()
+
+    timed = summary(real if real else synthetic)
+    step_s = timed["step_ms_median"] / 1e3
+    tokens = family.tokens_per_example(config) * batch_size if family.tokens_per_example else None
+    device = mesh.devices.flat[0]
+    return {
+        "model": model,
+        "batch_size": batch_size,
+        "steps": len(synthetic) * window,
+        "data": data,
+        **timed,
+        "examples_per_s": batch_size / step_s,
+        "tokens_per_s": tokens / step_s if tokens else None,
+        "flops_per_step": model_flops,
+        "executed_flops_per_step": executed_flops,
+        "tflops_per_s": model_flops / step_s / 1e12,
+        "mfu": float(np.median([model_flops / seconds / p for seconds, p in zip(real or synthetic, peak)])),
+        "peak_tflops_per_s": float(np.median(peak)) / 1e12,
+        "peak_source": meter.source,
+        "compile_s": compile_s,
+        "synthetic_step_ms_median": summary(synthetic)["step_ms_median"],
+        "real_over_synthetic": summary(synthetic)["step_ms_median"] / timed["step_ms_median"] if real else None,
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "num_devices": int(mesh.devices.size),
+        "dtype": dtype,
+        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__},
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The figures as aligned `name  value` lines."""
+    rows = []
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, dict):
+            value = " ".join(f"{k}={v}" for k, v in value.items())
+        rows.append(f"{key:<26}{value}")
+    return "\n".join(rows)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(flags, the `--config.KEY=VALUE` arguments left for the experiment's config)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help=f"one of {sorted(FAMILIES)}")
+    parser.add_argument("--batch-size", type=int, required=True, help="global batch size")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps (after compilation and warm-up)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help="computation dtype (config field 'dtype')")
+    parser.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
+                        help="real: also time the real input pipeline and report real/synthetic")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: Sequence[str]) -> None:
+    flags, config_args = parse_args(argv)
+    result = benchmark(flags.model, flags.batch_size, flags.steps, DTYPES[flags.dtype], flags.data, config_args)
+    print(format_table(result))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    cli.run_main(main, sys.argv[1:])

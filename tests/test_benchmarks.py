@@ -1,0 +1,135 @@
+"""The step benchmark and the sweep run every present family at a tiny size and report complete, consistent figures.
+
+Correctness only: no assertion on how fast anything is.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+import jax
+
+from benchmarks import peaks, step_throughput, sweep
+from genjax import cli, flops, loop, sharding
+from genjax.data.loader import to_global
+
+FIELDS = {
+    "model", "batch_size", "steps", "data", "step_ms_median", "step_ms_p90", "examples_per_s", "tokens_per_s",
+    "flops_per_step", "executed_flops_per_step", "tflops_per_s", "mfu", "peak_tflops_per_s", "peak_source",
+    "compile_s", "synthetic_step_ms_median", "real_over_synthetic", "device_kind", "platform", "num_devices",
+    "dtype", "versions",
+}
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def feature_checkpoint(tmp_path_factory, data_dir) -> str:
+    """A real (one-step) cnn_mnist run: the GAN's experiment loads its metric network from it."""
+    from experiments import cnn_mnist
+
+    workdir = tmp_path_factory.mktemp("cnn_mnist")
+    config = cnn_mnist.get_config()
+    config.update(dict(num_train_steps=1, batch_size=BATCH, data_dir=data_dir, download=False))
+    cnn_mnist.train_and_evaluate(config, workdir)
+    return str(workdir)
+
+
+def run_benchmark(capsys, *args: str) -> dict:
+    step_throughput.main(list(args))
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def traced_step(module, config) -> tuple:
+    """(task, abstract state, batch, rng) of the experiment `module` builds from `config`, on one device."""
+    experiment = module.build(config)
+    mesh = sharding.make_mesh(1)
+    batch = to_global(experiment.train_data.batch_at(0), sharding.batch_sharding(mesh))
+    return experiment.task, loop.state_layout(experiment.task, mesh, jax.random.key(0), batch)[0], batch, jax.random.key(1)
+
+
+@pytest.mark.parametrize("model", step_throughput.available_families())
+def test_every_family_reports_every_field(model, request, capsys, data_dir):
+    """Every present family at batch 8; the VAE also through the real input pipeline."""
+    data = "real" if model == "vae" else "synthetic"
+    extra = {
+        "dcgan": [f"--config.feature_checkpoint={request.getfixturevalue('feature_checkpoint')}"],
+        "imdb": ["--config.train_examples=256", "--config.test_examples=16"],  # a small vocabulary, built fast
+    }.get(model, [])
+    result = run_benchmark(
+        capsys, "--model", model, "--batch-size", str(BATCH), "--steps", "2", "--data", data, f"--config.data_dir={data_dir}", *extra
+    )
+
+    assert set(result) == FIELDS
+    assert (result["model"], result["batch_size"], result["steps"], result["data"]) == (model, BATCH, 2, data)
+    assert result["versions"].keys() == {"jax", "jaxlib", "flax", "optax"}
+    assert 0 < result["step_ms_median"] <= result["step_ms_p90"]
+    assert result["examples_per_s"] == pytest.approx(BATCH / result["step_ms_median"] * 1e3)
+    assert result["tflops_per_s"] == pytest.approx(result["flops_per_step"] / result["step_ms_median"] / 1e9)
+    assert 0 < result["executed_flops_per_step"] <= result["flops_per_step"]  # autodiff skips unneeded gradients
+    assert 0 < result["mfu"] and result["peak_tflops_per_s"] > 0 and result["compile_s"] > 0
+    assert (result["platform"], result["peak_source"], result["dtype"], result["num_devices"]) == ("cpu", "measured_matmul", "float32", 1)
+    assert result["synthetic_step_ms_median"] > 0
+    assert (result["real_over_synthetic"] is not None) == (data == "real")
+    assert (result["tokens_per_s"] is not None) == (model in ("charlm", "imdb"))
+
+
+def test_vae_flops_are_six_n_per_example(data_dir):
+    """784-500-(20, 20) encoder and 20-500-784 decoder: N = 814,000 weights, 6 N per example."""
+    from experiments import vae_mnist
+
+    config = step_throughput.make_config(step_throughput.FAMILIES["vae"], BATCH, "float32", [f"--config.data_dir={data_dir}"])
+    model, executed = step_throughput.step_flops(step_throughput.FAMILIES["vae"], *traced_step(vae_mnist, config))
+    weights = 784 * 500 + 2 * 500 * 20 + 20 * 500 + 500 * 784
+    assert model == 6 * weights * BATCH == 39_072_000
+    assert executed == model - 2 * BATCH * 784 * 500  # autodiff computes no gradient for the input images
+
+
+@pytest.mark.skipif("charlm" not in step_throughput.available_families(), reason="the char LM is not in this checkout")
+def test_charlm_flops_follow_the_transformer_formula(data_dir):
+    """(6 N + 12 L T d) per token, N the matmul weights: kernels and the (tied) embedding, not biases."""
+    from experiments import charlm_shakespeare
+
+    family = step_throughput.FAMILIES["charlm"]
+    config = step_throughput.make_config(family, BATCH, "float32", [f"--config.data_dir={data_dir}"])
+    task, state, batch, rng = traced_step(charlm_shakespeare, config)
+    params = state.params["model"]
+    matmul_weights = sum(
+        leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key in ("kernel", "embedding")
+    )
+    m = config.model
+    expected = flops.transformer_train_flops(BATCH * config.context, matmul_weights, m.num_layers, config.context, m.width)
+    assert step_throughput.step_flops(family, task, state, batch, rng) == (expected, expected)
+
+
+def test_published_peaks_match_device_kinds():
+    assert peaks.published_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989.5e12
+    assert peaks.published_peak("NVIDIA H100 PCIe", "float32") == 378.0e12
+    assert peaks.published_peak("TPU v5 lite", "float32") == 197.0e12  # f32 matmuls run as bf16 passes on TPUs
+    assert peaks.published_peak("TPU v5p", "bfloat16") == 459.0e12
+    assert peaks.published_peak("cpu", "float32") is None
+    assert peaks.published_peak("NVIDIA A100-SXM4-40GB", "float16") is None  # no entry: measure instead
+
+
+def test_bad_arguments_are_clear_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(step_throughput.main, ["--model", "resnet", "--batch-size", "8"])
+    assert exit_info.value.code == 2
+    assert "unknown --model 'resnet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.run_main(step_throughput.main, ["--model", "vae", "--batch-size", "8", "--config.no_such_key=1"])
+    assert "unknown config key 'no_such_key'" in capsys.readouterr().err
+
+
+def test_sweep_over_emulated_devices_writes_csv_and_plot(tmp_path, data_dir):
+    """One point on 2 emulated CPU devices (its own process, XLA_FLAGS set before JAX starts)."""
+    sweep.main(["--model", "vae", "--batch-sizes", str(BATCH), "--device-counts", "2", "--steps", "1",
+                "--out", str(tmp_path), f"--config.data_dir={data_dir}"])
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert len(rows) == 1 and int(rows[0]["num_devices"]) == 2
+    assert rows[0]["model"] == "vae" and int(rows[0]["batch_size"]) == BATCH and rows[0]["version_jax"]
+    assert math.isfinite(float(rows[0]["mfu"]))
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
