@@ -1,0 +1,80 @@
+"""DCGAN on MNIST with classifier-based sample-quality metrics (TF-GAN's mnist_score / mnist_frechet_distance).
+
+Two commands: the CNN that defines the metrics first, then the GAN pointing at it.
+  python -m experiments.cnn_mnist --workdir runs/cnn_mnist
+  python -m experiments.gan_mnist --workdir runs/gan_mnist --config.feature_checkpoint=runs/cnn_mnist
+Hardware: 2-core x86-64 CPU shared with other jobs (load average 8-25), no accelerator.
+Result:   EMA generator over 10,000 samples, metric CNN = the 99.41% cnn_mnist checkpoint:
+          2,343 steps of 64 (58 min wall): classifier_is 5.91, classifier_fid 152.7;
+          7,232 steps of 64 (72 min wall in all): classifier_is 7.05, classifier_fid 93.4.
+          Real data: test IS 9.84, train IS 9.89, train-vs-test FID 2.93. The aim (IS >= 9) was not reached.
+Outputs:  `<workdir>/samples/samples_<step>.png` (EMA generator, fixed latents) at every evaluation;
+          test metrics classifier_is, classifier_fid (EMA), raw_classifier_* (trained generator) and
+          real_test_classifier_is, real_train_classifier_is, real_train_classifier_fid at the end.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from genjax import cli, loop
+from genjax.data import sources
+from genjax.data.loader import ShuffledArrayLoader, eval_batches
+from genjax.optim import make_optimizer, optimizer_config
+from genjax.sample_quality import load_feature_network
+from genjax.task import Experiment, loop_config, num_train_steps
+from genjax.tasks.gan import GANTask
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = loop_config(num_epochs=5, batch_size=64, eval_batch_size=1000, checkpoint_every=1000)
+    config.dataset = "mnist"
+    config.feature_checkpoint = ""  # a cnn_mnist workdir (or its checkpoints/<step>): the metric network
+    config.num_quality_samples = 10000  # samples per classifier-IS/FID evaluation
+    config.loss = "non_saturating"  # non_saturating | hinge
+    config.model = ml_collections.ConfigDict(
+        dict(latents=64, generator_features=64, discriminator_features=32, upsample="subpixel")  # or "transpose"
+    )
+    config.optimizers = ml_collections.ConfigDict(
+        dict(
+            generator=optimizer_config(name="adam", learning_rate=2e-4, b1=0.5, ema_decay=0.995),
+            discriminator=optimizer_config(name="adam", learning_rate=2e-4, b1=0.5),
+        )
+    )
+    return config
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    """Data, the two optimizers, the metric CNN (loaded first, so a bad path fails at once) and the task."""
+    feature_network = load_feature_network(config.feature_checkpoint)
+    train = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)
+    test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
+    loader = ShuffledArrayLoader({"image": train["image"]}, config.batch_size, seed=config.seed)
+    steps = num_train_steps(config, loader.steps_per_epoch)
+    optimizers = {name: make_optimizer(config.optimizers[name], steps) for name in ("generator", "discriminator")}
+    task = GANTask(config, optimizers, feature_network, train["image"], test["image"])
+    eval_arrays = {"image": test["image"], "index": np.arange(len(test["image"]), dtype=np.int32)}
+    return Experiment(
+        name="gan_mnist",
+        task=task,
+        train_data=loader,
+        eval_data=lambda: eval_batches(eval_arrays, config.eval_batch_size),
+        num_train_steps=steps,
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+    return loop.train_and_evaluate(config, workdir, build(config))
+
+
+def main(argv: Sequence[str]) -> None:
+    flags, config = cli.parse(argv, get_config, __doc__)
+    train_and_evaluate(config, flags.workdir)
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

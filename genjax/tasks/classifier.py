@@ -1,0 +1,135 @@
+"""Digit classification: cross-entropy train/eval steps, macro precision/recall/F1 and a confusion-matrix PNG."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import ml_collections
+import numpy as np
+import optax
+
+from genjax.data import sources
+from genjax.data.images import augment_digits
+from genjax.data.loader import ShuffledArrayLoader, eval_batches
+from genjax.models.classifier import make_classifier
+from genjax.optim import Optimizer, make_optimizer
+from genjax.state import TrainState, apply_gradients, create_train_state
+from genjax.task import Experiment, num_train_steps
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[np.ndarray, dict[str, float]]:
+    """(confusion [true, predicted] counts [C, C], {accuracy, precision_macro, recall_macro, f1_macro}).
+
+    Macro averages weigh every class equally; a class never predicted has precision 0.
+    """
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    hits = np.diag(confusion).astype(np.float64)
+    precision = hits / np.maximum(confusion.sum(0), 1)
+    recall = hits / np.maximum(confusion.sum(1), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return confusion, {
+        "accuracy": float(hits.sum() / confusion.sum()),
+        "precision_macro": float(precision.mean()),
+        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1.mean()),
+    }
+
+
+def save_confusion_matrix(confusion: np.ndarray, path: pathlib.Path, title: str) -> None:
+    """A counts-annotated heat map of `confusion` [true, predicted] as a PNG."""
+    num_classes = confusion.shape[0]
+    figure, axes = plt.subplots(figsize=(6.5, 5.5))
+    image = axes.imshow(np.log1p(confusion), cmap="Blues")
+    threshold = np.log1p(confusion).max() / 2
+    for (true, predicted), count in np.ndenumerate(confusion):
+        color = "white" if np.log1p(count) > threshold else "black"
+        axes.text(predicted, true, str(count), ha="center", va="center", fontsize=7, color=color)
+    axes.set(xticks=range(num_classes), yticks=range(num_classes), xlabel="predicted", ylabel="true", title=title)
+    figure.colorbar(image, ax=axes, label="log(1 + count)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+class ClassifierTask:
+    """Softmax cross-entropy on uint8 images scaled to [0, 1]; optional on-device augmentation; dropout keys from the step rng."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, optimizer: Optimizer, test: dict[str, np.ndarray]):
+        self.config = config
+        self.model = model
+        self.optimizer = optimizer
+        self.test = test  # {'image': uint8 [N, 28, 28, 1], 'label': int32 [N]}
+
+    def _inputs(self, rng: jax.Array, images: jax.Array, train: bool) -> jax.Array:
+        x = images.astype(jnp.float32) / 255.0
+        return augment_digits(rng, x) if train and self.config.data.augment else x
+
+    def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+        params = self.model.init(rng, jnp.zeros((1, *batch["image"].shape[1:])))["params"]
+        return create_train_state({"model": params}, {"model": self.optimizer})
+
+    def loss(self, params, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+        augment_rng, dropout_rng = jax.random.split(rng)
+        x = self._inputs(augment_rng, batch["image"], train=True)
+        logits = self.model.apply({"params": params}, x, train=True, rngs={"dropout": dropout_rng})
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(rng, state.step)
+        (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params["model"], batch, rng)
+        state, health = apply_gradients(state, "model", grads, self.optimizer)
+        return state.replace(step=state.step + 1), {"loss": loss, **metrics, **health}
+
+    def eval_params(self, state: TrainState):
+        """The EMA parameters when an EMA is kept, else the trained ones."""
+        return state.ema_params.get("model", state.params["model"])
+
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+        logits = self.model.apply({"params": self.eval_params(state)}, self._inputs(rng, batch["image"], train=False))
+        mask = batch["mask"].astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return {"loss": jnp.sum(loss * mask), "accuracy": jnp.sum(correct * mask), "count": mask.sum()}
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _predict(self, params, images: jax.Array) -> jax.Array:
+        return jnp.argmax(self.model.apply({"params": params}, images.astype(jnp.float32) / 255.0), -1)
+
+    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
+        """At the end: macro precision/recall/F1 over the whole test split and `<workdir>/confusion_matrix.png`."""
+        if not final:
+            return {}
+        params = jax.device_get(self.eval_params(state))
+        batch = self.config.eval_batch_size
+        predictions = np.concatenate(
+            [jax.device_get(self._predict(params, self.test["image"][i : i + batch])) for i in range(0, len(self.test["label"]), batch)]
+        )
+        confusion, metrics = classification_metrics(self.test["label"], predictions, self.model.num_classes)
+        if jax.process_index() == 0:
+            title = f"test confusion matrix, step {step}, accuracy {100 * metrics['accuracy']:.2f}%"
+            save_confusion_matrix(confusion, workdir / "confusion_matrix.png", title)
+        return {k: v for k, v in metrics.items() if k != "accuracy"}  # accuracy comes from eval_step
+
+
+def build_experiment(config: ml_collections.ConfigDict, name: str) -> Experiment:
+    """Data, optimizer and task of a classifier experiment (`config.model.kind` picks the network)."""
+    train = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)
+    test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
+    loader = ShuffledArrayLoader(train, config.batch_size, seed=config.seed)
+    steps = num_train_steps(config, loader.steps_per_epoch)
+    task = ClassifierTask(config, make_classifier(config.model), make_optimizer(config.optimizer, steps), test)
+    return Experiment(
+        name=name,
+        task=task,
+        train_data=loader,
+        eval_data=lambda: eval_batches(test, config.eval_batch_size),
+        num_train_steps=steps,
+    )

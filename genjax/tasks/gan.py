@@ -1,0 +1,195 @@
+"""GAN losses (non-saturating, hinge) and one jitted step that updates the discriminator, then the generator.
+
+The generator's parameters are averaged (EMA, from its optimizer's `ema_decay`);
+samples, grids and the classifier-IS/FID use the EMA generator with batch-norm
+running statistics.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from genjax import vis
+from genjax.errors import GenjaxError
+from genjax.models.gan import Discriminator, Generator
+from genjax.optim import Optimizer
+from genjax.sample_quality import FeatureNetwork, real_data_calibration
+from genjax.state import TrainState, apply_gradients, create_train_state
+
+NUM_GRID_SAMPLES = 64
+QUALITY_CHUNK = 1000
+
+
+def non_saturating_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """-log D(x) - log(1 - D(G(z))), batch mean; logits [B] each."""
+    return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def non_saturating_generator_loss(fake_logits: jax.Array) -> jax.Array:
+    """-log D(G(z)), batch mean (Goodfellow et al.'s non-saturating generator loss); logits [B]."""
+    return jnp.mean(jax.nn.softplus(-fake_logits))
+
+
+def hinge_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """max(0, 1 - D(x)) + max(0, 1 + D(G(z))), batch mean; logits [B] each."""
+    return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+
+
+def hinge_generator_loss(fake_logits: jax.Array) -> jax.Array:
+    """-D(G(z)), batch mean; logits [B]."""
+    return -jnp.mean(fake_logits)
+
+
+LOSSES: dict[str, tuple[Callable, Callable]] = {
+    "non_saturating": (non_saturating_discriminator_loss, non_saturating_generator_loss),
+    "hinge": (hinge_discriminator_loss, hinge_generator_loss),
+}
+
+
+def to_signed(images: jax.Array) -> jax.Array:
+    """uint8 [..] in 0..255 -> float32 in [-1, 1], the generator's output range."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+class GANTask:
+    """DCGAN on uint8 digits. Networks "generator" (EMA, batch_stats in model_state) and "discriminator"."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        optimizers: dict[str, Optimizer],
+        feature_network: FeatureNetwork,
+        train_images: np.ndarray,
+        test_images: np.ndarray,
+    ):
+        if config.loss not in LOSSES:
+            raise GenjaxError(f"unknown loss '{config.loss}'; choose one of {sorted(LOSSES)} (--config.loss=hinge)")
+        self.config = config
+        self.latents = config.model.latents
+        self.generator = Generator(features=config.model.generator_features, upsample=config.model.upsample)
+        self.discriminator = Discriminator(features=config.model.discriminator_features)
+        self.discriminator_loss, self.generator_loss = LOSSES[config.loss]
+        self.optimizers = optimizers
+        self.feature_network = feature_network
+        self.train_images = train_images  # uint8 [N, 28, 28, 1], for the real-data calibration
+        self.test_images = test_images  # uint8 [N, 28, 28, 1], the FID reference
+        self.grid_latents = jax.random.normal(jax.random.key(config.seed), (NUM_GRID_SAMPLES, self.latents))
+        self._reference = None
+
+    def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+        g_rng, d_rng = jax.random.split(rng)
+        g_variables = self.generator.init(g_rng, jnp.zeros((1, self.latents)), train=False)
+        d_params = self.discriminator.init(d_rng, jnp.zeros((1, *batch["image"].shape[1:])))["params"]
+        return create_train_state(
+            {"generator": g_variables["params"], "discriminator": d_params},
+            self.optimizers,
+            {"generator": g_variables["batch_stats"]},
+        )
+
+    def _discriminate(self, params, real: jax.Array, fake: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(real logits [B], fake logits [B]) from one pass over the concatenated batch."""
+        logits = self.discriminator.apply({"params": params}, jnp.concatenate([real, fake]))
+        return logits[: real.shape[0]], logits[real.shape[0] :]
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+        """Discriminator step on G(z), then a generator step through the updated discriminator on the same G(z).
+
+        G(z) is computed once; its VJP carries the generator's gradient, so each
+        network's update is the usual alternating one. `loss` is the discriminator's loss.
+        """
+        rng = jax.random.fold_in(rng, state.step)
+        real = to_signed(batch["image"])
+        z = jax.random.normal(rng, (real.shape[0], self.latents))
+
+        def generate(g_params):
+            variables = {"params": g_params, "batch_stats": state.model_state["generator"]}
+            return self.generator.apply(variables, z, train=True, mutable=["batch_stats"])
+
+        fake, generator_vjp, g_updates = jax.vjp(generate, state.params["generator"], has_aux=True)
+
+        def d_loss_fn(d_params):
+            real_logits, fake_logits = self._discriminate(d_params, real, fake)
+            return self.discriminator_loss(real_logits, fake_logits), (real_logits, fake_logits)
+
+        (d_loss, (real_logits, fake_logits)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.params["discriminator"])
+        state, d_health = apply_gradients(state, "discriminator", d_grads, self.optimizers["discriminator"])
+
+        def g_loss_fn(images):
+            return self.generator_loss(self.discriminator.apply({"params": state.params["discriminator"]}, images))
+
+        g_loss, image_grads = jax.value_and_grad(g_loss_fn)(fake)
+        (g_grads,) = generator_vjp(image_grads)
+        state, g_health = apply_gradients(state, "generator", g_grads, self.optimizers["generator"])
+        state = state.replace(step=state.step + 1, model_state={"generator": g_updates["batch_stats"]})
+        metrics = {
+            "loss": d_loss,
+            "d_loss": d_loss,
+            "g_loss": g_loss,
+            "d_real_accuracy": jnp.mean(real_logits > 0),
+            "d_fake_accuracy": jnp.mean(fake_logits < 0),
+        }
+        return state, {**metrics, **d_health, **g_health}
+
+    def sampling_variables(self, state: TrainState, ema: bool = True) -> dict:
+        """The generator's variables for sampling: EMA (or trained) parameters and batch-norm running statistics."""
+        params = state.ema_params["generator"] if ema and "generator" in state.ema_params else state.params["generator"]
+        return {"params": params, "batch_stats": state.model_state["generator"]}
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def sample(self, variables: dict, z: jax.Array) -> jax.Array:
+        """z [N, latents] -> images [N, 28, 28, 1] in [0, 1] (batch norm in inference mode)."""
+        return (self.generator.apply(variables, z, train=False) + 1.0) / 2.0
+
+    def _latents_of_rows(self, rng: jax.Array, rows: jax.Array) -> jax.Array:
+        """One latent vector per example index: rows [B] -> [B, latents], the same for a row at every evaluation."""
+        return jax.vmap(lambda row: jax.random.normal(jax.random.fold_in(rng, row), (self.latents,)))(rows)
+
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+        """Sums of the discriminator's accuracy on real test images and on as many EMA-generator samples."""
+        fake = self.sample(self.sampling_variables(state), self._latents_of_rows(rng, batch["index"])) * 2.0 - 1.0
+        real_logits, fake_logits = self._discriminate(state.params["discriminator"], to_signed(batch["image"]), fake)
+        mask = batch["mask"].astype(jnp.float32)
+        return {
+            "d_real_accuracy": jnp.sum((real_logits > 0) * mask),
+            "d_fake_accuracy": jnp.sum((fake_logits < 0) * mask),
+            "count": mask.sum(),
+        }
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _sample_chunk(self, variables: dict, rng: jax.Array, index: jax.Array) -> jax.Array:
+        return self.sample(variables, jax.random.normal(jax.random.fold_in(rng, index), (QUALITY_CHUNK, self.latents)))
+
+    def reference(self) -> tuple[jax.Array, jax.Array]:
+        """Feature (mean, covariance) of the test split, computed once."""
+        if self._reference is None:
+            self._reference = self.feature_network.statistics(self.test_images.astype(np.float32) / 255.0)[1:]
+        return self._reference
+
+    def sample_quality(self, variables: dict, rng: jax.Array) -> dict[str, float]:
+        """classifier_is and classifier_fid (to the test split) of `num_quality_samples` generator samples."""
+        chunks = -(-self.config.num_quality_samples // QUALITY_CHUNK)
+        images = jnp.concatenate([self._sample_chunk(variables, rng, i) for i in range(chunks)])
+        return self.feature_network.scores(images[: self.config.num_quality_samples], self.reference())
+
+    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
+        """A grid of the EMA generator's samples of fixed latents and its classifier-IS/FID.
+
+        At the end also the trained (non-EMA) generator's scores (`raw_` prefix) and the real data's own.
+        """
+        variables = jax.device_get(self.sampling_variables(state))
+        if jax.process_index() == 0:
+            grid = jax.device_get(self.sample(variables, self.grid_latents))
+            vis.save_image_grid(grid, workdir / "samples" / f"samples_{step:07d}.png")
+        metrics = self.sample_quality(variables, rng)
+        if final:
+            raw = self.sample_quality(jax.device_get(self.sampling_variables(state, ema=False)), rng)
+            metrics.update({f"raw_{k}": v for k, v in raw.items()})
+            metrics.update(real_data_calibration(self.feature_network, self.train_images, self.test_images))
+        return metrics

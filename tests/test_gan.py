@@ -1,0 +1,114 @@
+"""GAN family: losses on known inputs, network shapes, a short real run that lowers FID, bit-identical resume."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from test_sample_quality import feature_checkpoint  # noqa: F401  (the session's tiny metric CNN)
+
+from experiments import gan_mnist
+from genjax.errors import GenjaxError
+from genjax.metrics_log import read_metrics
+from genjax.models.gan import Discriminator, Generator, depth_to_space
+from genjax.tasks.gan import (
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    non_saturating_discriminator_loss,
+    non_saturating_generator_loss,
+)
+
+
+def test_non_saturating_losses_on_known_inputs():
+    zeros = jnp.zeros(4)
+    np.testing.assert_allclose(non_saturating_discriminator_loss(zeros, zeros), 2 * math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(non_saturating_generator_loss(zeros), math.log(2), rtol=1e-6)
+    confident = non_saturating_discriminator_loss(jnp.full(4, 10.0), jnp.full(4, -10.0))
+    np.testing.assert_allclose(confident, 2 * math.log1p(math.exp(-10.0)), rtol=1e-5)
+    # The generator's gradient pushes its logits up and stays large where D rejects the fakes.
+    grad = jax.grad(non_saturating_generator_loss)(jnp.array([-10.0, 0.0]))
+    np.testing.assert_allclose(grad, [-0.5 * (1 - jax.nn.sigmoid(-10.0)), -0.25], rtol=1e-5)
+
+
+def test_hinge_losses_on_known_inputs():
+    real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.5])
+    np.testing.assert_allclose(hinge_discriminator_loss(real, fake), (0.0 + 0.5) / 2 + (0.0 + 1.5) / 2, rtol=1e-6)
+    np.testing.assert_allclose(hinge_generator_loss(jnp.array([1.0, 3.0])), -2.0, rtol=1e-6)
+
+
+def test_depth_to_space_places_channel_groups_as_sub_pixels():
+    x = jnp.arange(2 * 4 * 3).reshape(1, 1, 2, 4 * 3)  # [B=1, H=1, W=2, 4 * C=3]
+    y = depth_to_space(x)
+    assert y.shape == (1, 2, 4, 3)
+    np.testing.assert_array_equal(y[0, 0, 0], x[0, 0, 0, 0:3])  # top-left sub-pixel of input pixel (0, 0)
+    np.testing.assert_array_equal(y[0, 0, 1], x[0, 0, 0, 3:6])  # top-right
+    np.testing.assert_array_equal(y[0, 1, 0], x[0, 0, 0, 6:9])  # bottom-left
+    np.testing.assert_array_equal(y[0, 1, 3], x[0, 0, 1, 9:12])  # bottom-right of input pixel (0, 1)
+
+
+@pytest.mark.parametrize("upsample", ["subpixel", "transpose"])
+def test_networks_shapes_and_float32_params(upsample):
+    generator, discriminator = Generator(features=8, upsample=upsample, dtype=jnp.bfloat16), Discriminator(features=8)
+    variables = generator.init(jax.random.key(0), jnp.zeros((3, 16)), train=False)
+    images, updates = generator.apply(variables, jnp.ones((3, 16)), train=True, mutable=["batch_stats"])
+    assert images.shape == (3, 28, 28, 1) and images.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(images))) <= 1.0 and "batch_stats" in updates
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+    logits = discriminator.apply(discriminator.init(jax.random.key(1), images), images)
+    assert logits.shape == (3,)
+
+
+def small_config(feature_checkpoint: pathlib.Path, **overrides):
+    """A GAN small enough for a test: narrow networks, 1,000 quality samples."""
+    config = gan_mnist.get_config()
+    config.update(dict(batch_size=32, log_every=20, feature_checkpoint=str(feature_checkpoint), num_quality_samples=1000, download=False))
+    config.model.update(dict(latents=16, generator_features=16, discriminator_features=16))
+    config.optimizers.generator.update(dict(learning_rate=1e-3, ema_decay=0.9))
+    config.optimizers.discriminator.learning_rate = 1e-3
+    config.update(overrides)
+    return config
+
+
+def test_short_run_lowers_the_generator_fid(tmp_path, feature_checkpoint):  # noqa: F811
+    config = small_config(feature_checkpoint, num_train_steps=300, eval_every=60, checkpoint_every=1000)
+    final = gan_mnist.train_and_evaluate(config, tmp_path)
+    evaluations = read_metrics(tmp_path, "test")
+    assert [row["step"] for row in evaluations] == [60, 120, 180, 240, 300]
+    first, last = evaluations[0]["classifier_fid"], evaluations[-1]["classifier_fid"]
+    assert last < 0.8 * first, [row["classifier_fid"] for row in evaluations]
+    assert final["real_train_classifier_fid"] < last and final["real_test_classifier_is"] > final["classifier_is"] >= 1.0
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir())[-1] == "samples_0000300.png"
+
+
+def restore_raw_state(workdir: pathlib.Path, step: int):
+    return ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
+
+
+def test_resume_is_bit_identical(tmp_path, feature_checkpoint):  # noqa: F811
+    config = small_config(feature_checkpoint, num_train_steps=20, eval_every=1000, checkpoint_every=10)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    gan_mnist.train_and_evaluate(config, straight)
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "20")  # as if preempted after the step-10 checkpoint
+    gan_mnist.train_and_evaluate(config, resumed)
+    a, b = restore_raw_state(straight, 20), restore_raw_state(resumed, 20)
+    assert set(a["params"]) == set(a["opt_state"]) == {"generator", "discriminator"}
+    assert set(a["ema_params"]) == set(a["model_state"]) == {"generator"}
+    paths_a, paths_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+    assert [p for p, _ in paths_a] == [p for p, _ in paths_b]
+    for (path, x), (_, y) in zip(paths_a, paths_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    assert int(a["step"]) == 20
+
+
+def test_unknown_loss_and_missing_feature_network_are_clear_errors(tmp_path, feature_checkpoint):  # noqa: F811
+    with pytest.raises(GenjaxError, match="unknown loss 'wasserstein'"):
+        gan_mnist.build(small_config(feature_checkpoint, loss="wasserstein"))
+    with pytest.raises(GenjaxError, match="feature checkpoint .* not found"):
+        gan_mnist.build(small_config(tmp_path / "missing"))
