@@ -1,0 +1,231 @@
+"""Self-attention as readable Flax modules: multi-head / grouped-query attention, rotary positions, pre-norm blocks.
+
+Shapes: B batch, T query length, S key length, E width, N query heads, K key/value
+heads (K divides N; K < N is grouped-query attention), D head dim.
+
+Parameters carry logical axis names ('vocab', 'embed', 'mlp', 'heads', 'kv') so
+that a mesh can shard them by name (`nn.get_partition_spec` of the boxed init).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genjax.errors import GenjaxError
+
+KERNELS = ("xla", "fused")
+POSITIONS = ("rotary", "learned")
+
+Dtype = Any
+Cache = dict[str, jax.Array]
+
+
+def partitioned(init: nn.initializers.Initializer, *names: str | None) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(init, names)
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mask: jax.Array | None, kernel: str
+) -> tuple[jax.Array, jax.Array | None]:
+    """softmax(q k^T / sqrt(D)) v over the allowed keys.
+
+    Args:
+      q: [B, T, N, D]; k, v: [B, S, K, D].
+      causal: query t sees keys s <= t (needs T == S).
+      mask: bool, broadcastable to [B, T, S]; True where a key may be seen (padding, cache slots).
+      kernel: "xla" (einsums, softmax in float32; returns the weights) or "fused"
+        (`jax.nn.dot_product_attention`: cuDNN flash attention on GPU; no weights).
+    Returns:
+      (out [B, T, N, D], weights [B, N, T, S] float32 or None).
+    """
+    if kernel == "fused":
+        fused_mask = None if mask is None else jnp.broadcast_to(mask, (q.shape[0], q.shape[1], k.shape[1]))[:, None]
+        return jax.nn.dot_product_attention(q, k, v, mask=fused_mask, is_causal=causal), None
+    if kernel != "xla":
+        raise GenjaxError(f"unknown attention kernel '{kernel}'; choose one of {KERNELS}")
+    b, t, n, d = q.shape
+    s, kv_heads = k.shape[1], k.shape[2]
+    q = q.reshape(b, t, kv_heads, n // kv_heads, d) * jnp.asarray(d**-0.5, q.dtype)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32)
+    allowed = jnp.ones((t, s), bool) if mask is None else jnp.broadcast_to(mask, (b, t, s))[:, None, None]
+    if causal:
+        allowed = allowed & jnp.tril(jnp.ones((t, s), bool))
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(v.dtype), v)
+    return out.reshape(b, t, n, d), weights.reshape(b, n, t, s)
+
+
+def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+    """Rotary position embedding (RoFormer, half-split form): x [B, T, H, D], positions int [B, T] -> [B, T, H, D].
+
+    Pairs (x_i, x_{i+D/2}) rotate by positions * base^(-2i/D), so q.k depends only on relative position.
+    """
+    half = x.shape[-1] // 2
+    frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions[..., None].astype(jnp.float32) * frequencies  # [B, T, D/2]
+    cos, sin = jnp.cos(angles)[:, :, None].astype(x.dtype), jnp.sin(angles)[:, :, None].astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def empty_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype: Dtype = jnp.float32) -> Cache:
+    """A key/value cache of `length` slots per layer; `position` -1 marks an empty slot."""
+    return {
+        "key": jnp.zeros((batch, length, num_kv_heads, head_dim), dtype),
+        "value": jnp.zeros((batch, length, num_kv_heads, head_dim), dtype),
+        "position": jnp.full((batch, length), -1, jnp.int32),
+    }
+
+
+def write_cache(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array) -> Cache:
+    """Stores the new k, v [B, T, K, D] at slots `positions % length` (a ring: the oldest slots are overwritten)."""
+    slots = positions % cache["position"].shape[1]
+    rows = jnp.arange(k.shape[0])[:, None]
+    return {
+        "key": cache["key"].at[rows, slots].set(k.astype(cache["key"].dtype)),
+        "value": cache["value"].at[rows, slots].set(v.astype(cache["value"].dtype)),
+        "position": cache["position"].at[rows, slots].set(positions),
+    }
+
+
+def cache_mask(cache: Cache, positions: jax.Array) -> jax.Array:
+    """bool [B, T, S]: query at `positions` [B, T] may see filled slots holding earlier or equal positions."""
+    slot_positions = cache["position"][:, None, :]
+    return (slot_positions >= 0) & (slot_positions <= positions[:, :, None])
+
+
+class SelfAttention(nn.Module):
+    """Multi-head (or grouped-query) self-attention with one fused q/k/v projection.
+
+    Attributes:
+      num_heads: N query heads. num_kv_heads: K key/value heads (0: N).
+      head_dim: D. use_rotary: rotate q and k by their positions.
+      kernel: "xla" or "fused" (see `dot_product_attention`).
+    """
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int = 0
+    use_rotary: bool = True
+    kernel: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, *, causal: bool, mask: jax.Array | None = None, cache: Cache | None = None
+    ) -> tuple[jax.Array, Cache | None]:
+        """x [B, T, E], positions int32 [B, T] -> (y [B, T, E], updated cache).
+
+        With a cache, the new keys/values are written first and the queries attend to
+        every slot `cache_mask` allows (prefill and one-token decoding alike); `causal`
+        and `mask` then do not apply.
+        """
+        n, kv = self.num_heads, self.num_kv_heads or self.num_heads
+        if n % kv:
+            raise GenjaxError(f"num_heads={n} is not a multiple of num_kv_heads={kv}; use a divisor of {n} (0: one per head)")
+        qkv = nn.DenseGeneral(
+            (n + 2 * kv, self.head_dim),
+            kernel_init=partitioned(nn.initializers.lecun_normal(), "embed", "heads", "kv"),
+            bias_init=partitioned(nn.initializers.zeros, "heads", "kv"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="qkv",
+        )(x)
+        q, k, v = jnp.split(qkv, [n, n + kv], axis=2)
+        if self.use_rotary:
+            q, k = rotary(q, positions), rotary(k, positions)
+        if cache is not None:
+            cache = write_cache(cache, k, v, positions)
+            k, v = cache["key"].astype(self.dtype), cache["value"].astype(self.dtype)
+            causal, mask = False, cache_mask(cache, positions)
+        out, weights = dot_product_attention(q, k, v, causal=causal, mask=mask, kernel=self.kernel)
+        if weights is not None:
+            self.sow("intermediates", "attention_weights", weights)
+        y = nn.DenseGeneral(
+            x.shape[-1],
+            axis=(-2, -1),
+            kernel_init=partitioned(nn.initializers.lecun_normal(), "heads", "kv", "embed"),
+            bias_init=partitioned(nn.initializers.zeros, "embed"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out",
+        )(out)
+        return y, cache
+
+
+class MLP(nn.Module):
+    """E -> hidden (GELU) -> E."""
+
+    hidden: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.Dense(
+            self.hidden,
+            kernel_init=partitioned(nn.initializers.lecun_normal(), "embed", "mlp"),
+            bias_init=partitioned(nn.initializers.zeros, "mlp"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="up",
+        )(x)
+        return nn.Dense(
+            x.shape[-1],
+            kernel_init=partitioned(nn.initializers.lecun_normal(), "mlp", "embed"),
+            bias_init=partitioned(nn.initializers.zeros, "embed"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="down",
+        )(nn.gelu(h))
+
+
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=partitioned(nn.initializers.ones, "embed"),
+        bias_init=partitioned(nn.initializers.zeros, "embed"),
+        name=name,
+    )
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + Attention(LN(x)), then x + MLP(LN(x)), dropout on each branch."""
+
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    num_kv_heads: int = 0
+    use_rotary: bool = True
+    dropout_rate: float = 0.0
+    kernel: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        *,
+        causal: bool,
+        mask: jax.Array | None = None,
+        cache: Cache | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, Cache | None]:
+        """x [B, T, E] -> ([B, T, E], updated cache); arguments as in `SelfAttention`."""
+        attention = SelfAttention(
+            self.num_heads, self.head_dim, self.num_kv_heads, self.use_rotary, self.kernel, self.dtype, self.param_dtype,
+            name="attention",
+        )
+        h, cache = attention(layer_norm("norm1", self.dtype, self.param_dtype)(x), positions, causal=causal, mask=mask, cache=cache)
+        x = x + nn.Dropout(self.dropout_rate)(h, deterministic)
+        h = MLP(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")(layer_norm("norm2", self.dtype, self.param_dtype)(x))
+        return x + nn.Dropout(self.dropout_rate)(h, deterministic), cache

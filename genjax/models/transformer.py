@@ -1,0 +1,177 @@
+"""Transformers from the attention blocks: a decoder-only language model (with a KV cache) and an encoder classifier."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genjax.errors import GenjaxError
+
+from genjax.models.attention import POSITIONS, Cache, Dtype, TransformerBlock, empty_cache, layer_norm, partitioned
+
+
+class _Stack(nn.Module):
+    """Token (+ learned position) embedding, `num_layers` blocks and a final norm; shared by both models."""
+
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    width: int
+    mlp_dim: int
+    max_len: int
+    num_kv_heads: int = 0
+    positions: str = "rotary"
+    dropout_rate: float = 0.0
+    attention_kernel: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        if self.positions not in POSITIONS:
+            raise GenjaxError(f"unknown positions '{self.positions}'; choose one of {POSITIONS}")
+        if self.width % self.num_heads:
+            raise GenjaxError(f"width={self.width} is not a multiple of num_heads={self.num_heads}; use a num_heads dividing the width")
+        self.embed = nn.Embed(
+            self.vocab_size,
+            self.width,
+            embedding_init=partitioned(nn.initializers.normal(0.02), "vocab", "embed"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        if self.positions == "learned":
+            self.position_embed = nn.Embed(
+                self.max_len,
+                self.width,
+                embedding_init=partitioned(nn.initializers.normal(0.02), None, "embed"),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+        self.blocks = [
+            TransformerBlock(
+                self.num_heads, self.width // self.num_heads, self.mlp_dim, self.num_kv_heads, self.positions == "rotary",
+                self.dropout_rate, self.attention_kernel, self.dtype, self.param_dtype, name=f"block{i}",
+            )
+            for i in range(self.num_layers)
+        ]
+        self.dropout = nn.Dropout(self.dropout_rate)
+        self.final_norm = layer_norm("final_norm", self.dtype, self.param_dtype)
+
+    def add_positions(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """Adds the learned position embeddings (rotary ones act inside attention): [B, T, E] -> [B, T, E]."""
+        return x + self.position_embed(positions) if self.positions == "learned" else x
+
+    def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        """int [B, T] (tokens, positions) -> [B, T, E]."""
+        return self.add_positions(self.embed(tokens), positions)
+
+    def run_blocks(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        *,
+        causal: bool,
+        mask: jax.Array | None,
+        caches: list[Cache] | None,
+        deterministic: bool,
+    ) -> tuple[jax.Array, list[Cache] | None]:
+        """Embedded x [B, T, E] -> normed hidden states [B, T, E] (and the updated per-layer caches)."""
+        x = self.dropout(x, deterministic)
+        new_caches = []
+        for i, block in enumerate(self.blocks):
+            x, cache = block(x, positions, causal=causal, mask=mask, cache=None if caches is None else caches[i], deterministic=deterministic)
+            new_caches.append(cache)
+        return self.final_norm(x), None if caches is None else new_caches
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Output head tied to the token embedding: [B, T, E] -> float32 [B, T, vocab]."""
+        return self.embed.attend(h).astype(jnp.float32)
+
+
+class DecoderLM(_Stack):
+    """Decoder-only language model (GPT): tokens int [B, T] -> next-token logits float32 [B, T, vocab].
+
+    `max_len` bounds positions only with learned positions; rotary ones extrapolate,
+    so `decode` can run past the training context with a sliding-window cache.
+    """
+
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        h, _ = self.run_blocks(
+            self.embed_tokens(tokens, positions), positions, causal=True, mask=None, caches=None, deterministic=deterministic
+        )
+        return self.logits(h)
+
+    def decode(self, tokens: jax.Array, positions: jax.Array, caches: list[Cache]) -> tuple[jax.Array, list[Cache]]:
+        """Cached forward of new tokens int [B, T] at `positions` [B, T]: (logits [B, T, vocab], updated caches).
+
+        Each query sees the cached keys of earlier positions (the last `cache length`
+        of them) and the new ones up to itself.
+        """
+        h, caches = self.run_blocks(
+            self.embed_tokens(tokens, positions), positions, causal=False, mask=None, caches=caches, deterministic=True
+        )
+        return self.logits(h), caches
+
+
+def init_caches(model: DecoderLM, batch: int, length: int) -> list[Cache]:
+    """Empty per-layer KV caches of `length` slots for `model`."""
+    kv_heads = model.num_kv_heads or model.num_heads
+    return [empty_cache(batch, length, kv_heads, model.width // model.num_heads, model.dtype) for _ in range(model.num_layers)]
+
+
+class EncoderClassifier(nn.Module):
+    """Bidirectional encoder over padded tokens (0 = padding) -> class logits float32 [B, num_classes].
+
+    `pooling` "mean" averages the non-padding positions; "cls" prepends a learned
+    [CLS] vector and reads its final state. Padding never changes the output.
+    """
+
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    width: int
+    mlp_dim: int
+    max_len: int
+    num_classes: int = 2
+    num_kv_heads: int = 0
+    positions: str = "learned"
+    pooling: str = "mean"
+    dropout_rate: float = 0.0
+    attention_kernel: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+        if self.pooling not in ("mean", "cls"):
+            raise GenjaxError(f"unknown pooling '{self.pooling}'; choose 'mean' or 'cls'")
+        extra = int(self.pooling == "cls")
+        stack = _Stack(
+            self.vocab_size, self.num_layers, self.num_heads, self.width, self.mlp_dim, self.max_len + extra,
+            self.num_kv_heads, self.positions, self.dropout_rate, self.attention_kernel, self.dtype, self.param_dtype,
+            name="encoder",
+        )
+        valid = tokens != 0
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1] + extra), (tokens.shape[0], tokens.shape[1] + extra))
+        x = stack.embed_tokens(tokens, positions[:, extra:])
+        if extra:
+            cls = self.param("cls", partitioned(nn.initializers.normal(0.02), "embed"), (self.width,), self.param_dtype)
+            cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width))
+            x = jnp.concatenate([stack.add_positions(cls, positions[:, :1]), x], axis=1)
+            valid = jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
+        h, _ = stack.run_blocks(x, positions, causal=False, mask=valid[:, None, :], caches=None, deterministic=deterministic)
+        if extra:
+            pooled = h[:, 0]
+        else:
+            weights = valid[..., None].astype(h.dtype)
+            pooled = (h * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+        pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=partitioned(nn.initializers.lecun_normal(), "embed", None),
+            bias_init=partitioned(nn.initializers.zeros, None),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="head",
+        )(pooled).astype(jnp.float32)

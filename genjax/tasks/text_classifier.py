@@ -1,0 +1,136 @@
+"""Binary text classification with an encoder: cross-entropy, accuracy, and the final test-set figures
+(precision, recall, F1, ROC-AUC, ROC curve PNG)."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from matplotlib.figure import Figure
+
+from genjax.data.loader import eval_batches
+from genjax.models.transformer import EncoderClassifier
+from genjax.optim import Optimizer, accumulate_gradients
+from genjax.precision import compute_dtype
+from genjax.state import TrainState, apply_gradients, create_train_state
+
+
+def model_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> EncoderClassifier:
+    """The `EncoderClassifier` described by `config.model` over `config.max_len` tokens."""
+    m = config.model
+    return EncoderClassifier(
+        vocab_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads, width=m.width, mlp_dim=m.mlp_ratio * m.width,
+        max_len=config.max_len, num_classes=2, num_kv_heads=m.num_kv_heads, positions=m.positions, pooling=m.pooling,
+        dropout_rate=m.dropout, attention_kernel=m.attention_kernel, dtype=compute_dtype(config.dtype),
+    )
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates) [distinct scores + 1], thresholds from high to low; ties kept together."""
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order].astype(np.float64)
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_pos, false_pos = np.cumsum(labels)[last_of_tie], np.cumsum(1 - labels)[last_of_tie]
+    return np.r_[0.0, false_pos / max(false_pos[-1], 1)], np.r_[0.0, true_pos / max(true_pos[-1], 1)]
+
+
+def binary_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """accuracy, precision, recall, f1 (positive class 1, predicted when p >= threshold) and roc_auc."""
+    predicted = probabilities >= threshold
+    positive = labels == 1
+    tp, fp, fn = np.sum(predicted & positive), np.sum(predicted & ~positive), np.sum(~predicted & positive)
+    precision = tp / max(tp + fp, 1)
+    recall = tp / max(tp + fn, 1)
+    fpr, tpr = roc_curve(probabilities, labels)
+    return {
+        "accuracy": float(np.mean(predicted == positive)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(2 * precision * recall / max(precision + recall, 1e-12)),
+        "roc_auc": float(np.trapezoid(tpr, fpr)),
+    }
+
+
+def save_roc_png(probabilities: np.ndarray, labels: np.ndarray, path: pathlib.Path, title: str) -> None:
+    fpr, tpr = roc_curve(probabilities, labels)
+    figure = Figure(figsize=(4.5, 4.5))
+    axes = figure.subplots()
+    axes.plot(fpr, tpr, label=f"AUC {np.trapezoid(tpr, fpr):.4f}")
+    axes.plot([0, 1], [0, 1], "--", color="gray", linewidth=0.8)
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1))
+    axes.legend(loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+
+
+class TextClassifierTask:
+    """Trains an `EncoderClassifier` on {'tokens': int32 [B, L] (0 = padding), 'label': int32 [B]}."""
+
+    def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, vocab_size: int, test_arrays: dict[str, np.ndarray]):
+        self.config = config
+        self.model = model_from_config(config, vocab_size)
+        self.optimizer = optimizer
+        self.test_arrays = test_arrays
+
+    def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+        """A fresh state whose parameters (and optimizer moments) keep their logical-axis boxes (the loop unboxes)."""
+        return create_train_state({"model": self.model.init(rng, batch["tokens"][:1])["params"]}, {"model": self.optimizer})
+
+    def param_logical_axes(self, batch: dict[str, jax.Array]):
+        """The params tree as PartitionSpecs of logical names ('vocab', 'embed', 'mlp', 'heads', 'kv')."""
+        return nn.get_partition_spec(jax.eval_shape(self.init_state, jax.random.key(0), batch).params["model"])
+
+    def loss(self, params, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+        logits = self.model.apply({"params": params}, batch["tokens"], deterministic=False, rngs={"dropout": rng})
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(rng, state.step)
+        metrics, grads = accumulate_gradients(
+            jax.value_and_grad(self.loss, has_aux=True), state.params["model"], batch, rng, self.config.grad_accum_steps
+        )
+        state, health = apply_gradients(state, "model", grads, self.optimizer)
+        return state.replace(step=state.step + 1), {**metrics, **health}
+
+    def eval_params(self, state: TrainState):
+        """The EMA parameters when an EMA is kept, else the trained ones."""
+        return state.ema_params.get("model", state.params["model"])
+
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+        logits = self.model.apply({"params": self.eval_params(state)}, batch["tokens"])
+        mask = batch["mask"].astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return {"loss": jnp.sum(loss * mask), "accuracy": jnp.sum(correct * mask), "count": mask.sum()}
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def positive_probability(self, params, tokens: jax.Array) -> jax.Array:
+        """P(label 1): tokens int32 [B, L] -> [B]."""
+        return jax.nn.softmax(self.model.apply({"params": params}, tokens), -1)[:, 1]
+
+    def probabilities(self, params, tokens: np.ndarray) -> np.ndarray:
+        """P(label 1) for every row of tokens [N, L], in batches of `eval_batch_size`."""
+        out = [
+            np.asarray(self.positive_probability(params, batch["tokens"]))[batch["mask"]]
+            for batch in eval_batches({"tokens": tokens}, self.config.eval_batch_size)
+        ]
+        return np.concatenate(out)
+
+    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
+        """At the end: test precision / recall / F1 / ROC-AUC and `<workdir>/roc_curve.png`."""
+        if not final:
+            return {}
+        params = jax.device_get(self.eval_params(state))
+        probabilities = self.probabilities(params, self.test_arrays["tokens"])
+        labels = self.test_arrays["label"]
+        metrics = binary_metrics(probabilities, labels)
+        if jax.process_index() == 0:
+            save_roc_png(probabilities, labels, workdir / "roc_curve.png", f"test ROC, step {step}")
+        return {k: v for k, v in metrics.items() if k != "accuracy"}

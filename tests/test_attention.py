@@ -1,0 +1,126 @@
+"""Attention family building blocks: masks, kernels, rotary positions, KV-cached generation, logical axis names."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genjax.models.attention import dot_product_attention, rotary
+from genjax.models.transformer import DecoderLM, EncoderClassifier
+from genjax.sampling import generate, sample_token
+
+VOCAB = 50
+
+
+def small_lm(**overrides) -> DecoderLM:
+    fields = dict(vocab_size=VOCAB, num_layers=2, num_heads=4, width=32, mlp_dim=64, max_len=24, num_kv_heads=2)
+    return DecoderLM(**{**fields, **overrides})
+
+
+def unboxed_params(model, tokens):
+    return nn.unbox(model.init(jax.random.key(0), tokens)["params"])
+
+
+def random_tokens(shape, seed=0, low=1):
+    return jax.random.randint(jax.random.key(seed), shape, low, VOCAB)
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_a_later_token_cannot_change_an_earlier_output(positions):
+    model = small_lm(positions=positions)
+    tokens = random_tokens((2, 24))
+    params = unboxed_params(model, tokens)
+    changed = tokens.at[:, 15].set((tokens[:, 15] + 7) % VOCAB)
+    before, after = model.apply({"params": params}, tokens), model.apply({"params": params}, changed)
+    np.testing.assert_array_equal(before[:, :15], after[:, :15])
+    assert float(jnp.abs(before[:, 15:] - after[:, 15:]).max()) > 1e-3  # and it does change the later ones
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_padding_changes_nothing(pooling):
+    model = EncoderClassifier(vocab_size=VOCAB, num_layers=2, num_heads=4, width=32, mlp_dim=64, max_len=40, pooling=pooling)
+    words = random_tokens((3, 12))
+    padded = jnp.concatenate([words, jnp.zeros((3, 28), jnp.int32)], axis=1)
+    params = unboxed_params(model, padded)
+    np.testing.assert_allclose(model.apply({"params": params}, words), model.apply({"params": params}, padded), atol=1e-5)
+    # A shorter review padded to the same length gives the same output as on its own.
+    short = padded.at[0, 6:].set(0)
+    np.testing.assert_allclose(model.apply({"params": params}, short)[0], model.apply({"params": params}, words[:1, :6])[0], atol=1e-5)
+
+
+def test_xla_and_fused_kernels_agree():
+    keys = jax.random.split(jax.random.key(1), 4)
+    q = jax.random.normal(keys[0], (2, 16, 4, 8))
+    mask = jax.random.bernoulli(keys[3], 0.8, (2, 1, 16)).at[:, :, 0].set(True)  # key padding, first key always real
+    for kv_heads in (4, 2, 1):  # multi-head, grouped-query, multi-query
+        k, v = (jax.random.normal(key, (2, 16, kv_heads, 8)) for key in keys[1:3])
+        for causal in (True, False):
+            out_xla, weights = dot_product_attention(q, k, v, causal=causal, mask=mask, kernel="xla")
+            out_fused, _ = dot_product_attention(q, k, v, causal=causal, mask=mask, kernel="fused")
+            np.testing.assert_allclose(out_xla, out_fused, atol=1e-5)
+            np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+            assert float(jnp.where(mask[:, None], 0.0, weights).max()) == 0.0  # masked keys get no weight
+
+
+def test_whole_models_agree_across_kernels():
+    model = small_lm()
+    tokens = random_tokens((2, 24))
+    params = unboxed_params(model, tokens)
+    fused = model.clone(attention_kernel="fused")
+    np.testing.assert_allclose(model.apply({"params": params}, tokens), fused.apply({"params": params}, tokens), atol=1e-4)
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    q, k = jax.random.normal(jax.random.key(0), (2, 1, 1, 1, 16))
+    score = lambda i, j: float(jnp.sum(rotary(q, jnp.full((1, 1), i)) * rotary(k, jnp.full((1, 1), j))))
+    assert score(3, 1) == pytest.approx(score(10, 8), rel=1e-4)
+    assert score(3, 1) != pytest.approx(score(3, 2), rel=1e-3)
+
+
+@pytest.mark.parametrize("positions,temperature,top_k", [("rotary", 1.0, 10), ("learned", 0.0, 0)])
+def test_kv_cached_generation_equals_full_recomputation(positions, temperature, top_k):
+    model = small_lm(positions=positions)
+    prompt = np.asarray(random_tokens((3, 5), seed=2))
+    params = unboxed_params(model, jnp.asarray(prompt))
+    params = jax.tree.map(lambda p: p * 3.0 if p.ndim > 1 else p, params)  # sharper logits: a real test of sampling
+    rng = jax.random.key(7)
+    cached = generate(model, params, prompt, rng, num_new=19, temperature=temperature, top_k=top_k)
+    # No cache: the whole sequence again for every token (zero-filled to one length; causal, so the tail is unseen).
+    full_logits = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
+    sequence = np.zeros((3, 24), np.int32)
+    sequence[:, :5] = prompt
+    for i in range(19):
+        logits = full_logits(sequence)[:, 4 + i]
+        sequence[:, 5 + i] = np.asarray(sample_token(jax.random.fold_in(rng, i), logits, temperature, top_k))
+    np.testing.assert_array_equal(cached, sequence[:, 5:])
+    assert len(np.unique(cached)) > 3
+
+
+def test_rotary_generation_runs_past_the_context():
+    model = small_lm()
+    prompt = np.asarray(random_tokens((1, 30)))  # longer than max_len: the last 24 tokens are kept
+    tokens = generate(model, unboxed_params(model, jnp.asarray(prompt[:, :24])), prompt, jax.random.key(0), num_new=50)
+    assert tokens.shape == (1, 50) and tokens.min() >= 0 and tokens.max() < VOCAB
+
+
+def test_parameters_carry_logical_axis_names():
+    model = small_lm()
+    boxed = model.init(jax.random.key(0), random_tokens((1, 8)))["params"]
+    specs = nn.get_partition_spec(boxed)
+    assert tuple(specs["embed"]["embedding"]) == ("vocab", "embed")
+    assert tuple(specs["block0"]["attention"]["qkv"]["kernel"]) == ("embed", "heads", "kv")
+    assert tuple(specs["block0"]["attention"]["out"]["kernel"]) == ("heads", "kv", "embed")
+    assert tuple(specs["block1"]["mlp"]["up"]["kernel"]) == ("embed", "mlp")
+    assert all(isinstance(leaf, nn.Partitioned) for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)))
+
+
+def test_bfloat16_computation_keeps_float32_parameters():
+    model = small_lm(dtype=jnp.bfloat16)
+    tokens = random_tokens((2, 24))
+    params = unboxed_params(model, tokens)
+    assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    logits = model.apply({"params": params}, tokens)
+    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
