@@ -30,6 +30,7 @@ from genjax.data import sources
 from genjax.data.text import CharTokenizer, TokenWindowLoader, eval_windows, load_tokenizer, save_tokenizer
 from genjax.errors import GenjaxError
 from genjax.optim import make_optimizer, optimizer_config
+from genjax.state import eval_params
 from genjax.task import Experiment, loop_config, num_train_steps
 from genjax.tasks.language_model import LanguageModelTask
 
@@ -131,7 +132,7 @@ def sample(workdir: str | pathlib.Path, prompt: str, length: int, temperature: f
     task = make_task(config, tokenizer, max(config.num_train_steps, 1))
     example = {"tokens": np.zeros((1, config.context + 1), np.int32)}
     state = loop.restore_trained_state(workdir, NAME, task, example)
-    return task.sample(task.eval_params(state), prompt, jax.random.key(seed), length, temperature, top_k, num_samples)
+    return task.sample(eval_params(state), prompt, jax.random.key(seed), length, temperature, top_k, num_samples)
 
 
 def sample_main(argv: Sequence[str]) -> None:

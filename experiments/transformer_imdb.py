@@ -29,6 +29,7 @@ from genjax.data.loader import ShuffledArrayLoader, eval_batches
 from genjax.data.text import WordTokenizer, load_tokenizer, pad_or_truncate, save_tokenizer
 from genjax.errors import GenjaxError
 from genjax.optim import make_optimizer, optimizer_config
+from genjax.state import eval_params
 from genjax.task import Experiment, loop_config, num_train_steps
 from genjax.tasks.text_classifier import TextClassifierTask
 
@@ -182,7 +183,7 @@ def predict(workdir: str | pathlib.Path, texts: Sequence[str], attention_path: p
     tokens = pad_or_truncate(ids, config.max_len)
     task = make_task(config, tokenizer, max(config.num_train_steps, 1), {})
     state = loop.restore_trained_state(workdir, NAME, task, {"tokens": tokens[:1], "label": np.zeros(1, np.int32)})
-    params = task.eval_params(state)
+    params = eval_params(state)
     probabilities = task.probabilities(params, tokens)
     if attention_path is not None:
         attention_png(task, params, tokenizer, tokens[0], attention_path)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from genjax.optim import Optimizer
+from genjax.optim import Optimizer, accumulate_gradients
 
 PyTree = Any
 
@@ -77,3 +77,29 @@ def apply_gradients(
         ema_params=ema_params,
     )
     return state, health
+
+
+def eval_params(state: TrainState, name: str = "model") -> PyTree:
+    """The EMA of network `name`'s parameters when one is kept, else its trained parameters."""
+    return state.ema_params.get(name, state.params[name])
+
+
+def single_network_step(
+    loss_fn: Callable[[PyTree, dict, jax.Array], tuple[jax.Array, dict]],
+    optimizer: Optimizer,
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    num_micro_batches: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The train step of every one-network family: key `fold_in(rng, step)`, (accumulated) grads, update.
+
+    `loss_fn(params, batch, rng) -> (loss, metrics)`; returns the state one step on and
+    {loss, metrics..., health scalars...}.
+    """
+    rng = jax.random.fold_in(rng, state.step)
+    metrics, grads = accumulate_gradients(
+        jax.value_and_grad(loss_fn, has_aux=True), state.params["model"], batch, rng, num_micro_batches
+    )
+    state, health = apply_gradients(state, "model", grads, optimizer)
+    return state.replace(step=state.step + 1), {**metrics, **health}

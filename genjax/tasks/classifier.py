@@ -18,7 +18,7 @@ from genjax.data.images import augment_digits
 from genjax.data.loader import ShuffledArrayLoader, eval_batches
 from genjax.models.classifier import make_classifier
 from genjax.optim import Optimizer, make_optimizer
-from genjax.state import TrainState, apply_gradients, create_train_state
+from genjax.state import TrainState, create_train_state, eval_params, single_network_step
 from genjax.task import Experiment, num_train_steps
 
 
@@ -83,17 +83,10 @@ class ClassifierTask:
         return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(rng, state.step)
-        (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params["model"], batch, rng)
-        state, health = apply_gradients(state, "model", grads, self.optimizer)
-        return state.replace(step=state.step + 1), {"loss": loss, **metrics, **health}
-
-    def eval_params(self, state: TrainState):
-        """The EMA parameters when an EMA is kept, else the trained ones."""
-        return state.ema_params.get("model", state.params["model"])
+        return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
     def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
-        logits = self.model.apply({"params": self.eval_params(state)}, self._inputs(rng, batch["image"], train=False))
+        logits = self.model.apply({"params": eval_params(state)}, self._inputs(rng, batch["image"], train=False))
         mask = batch["mask"].astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
@@ -107,7 +100,7 @@ class ClassifierTask:
         """At the end: macro precision/recall/F1 over the whole test split and `<workdir>/confusion_matrix.png`."""
         if not final:
             return {}
-        params = jax.device_get(self.eval_params(state))
+        params = jax.device_get(eval_params(state))
         batch = self.config.eval_batch_size
         predictions = np.concatenate(
             [jax.device_get(self._predict(params, self.test["image"][i : i + batch])) for i in range(0, len(self.test["label"]), batch)]

@@ -15,9 +15,9 @@ import optax
 from genjax import sampling
 from genjax.data.text import Tokenizer
 from genjax.models.transformer import DecoderLM
-from genjax.optim import Optimizer, accumulate_gradients
+from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, apply_gradients, create_train_state
+from genjax.state import TrainState, create_train_state, eval_params, single_network_step
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -65,21 +65,12 @@ class LanguageModelTask:
         return loss, {"bits_per_char": loss / math.log(2)}
 
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(rng, state.step)
-        metrics, grads = accumulate_gradients(
-            jax.value_and_grad(self.loss, has_aux=True), state.params["model"], batch, rng, self.config.grad_accum_steps
-        )
-        state, health = apply_gradients(state, "model", grads, self.optimizer)
-        return state.replace(step=state.step + 1), {**metrics, **health}
-
-    def eval_params(self, state: TrainState):
-        """The EMA parameters when an EMA is kept, else the trained ones."""
-        return state.ema_params.get("model", state.params["model"])
+        return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
     def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
         """Sums over the real windows of their mean nats per token (all windows have the same length)."""
         inputs, targets = split_window(batch["tokens"])
-        per_window = token_cross_entropy(self.model.apply({"params": self.eval_params(state)}, inputs), targets).mean(-1)
+        per_window = token_cross_entropy(self.model.apply({"params": eval_params(state)}, inputs), targets).mean(-1)
         mask = batch["mask"].astype(jnp.float32)
         loss = jnp.sum(per_window * mask)
         return {"loss": loss, "bits_per_char": loss / math.log(2), "count": mask.sum()}
@@ -94,7 +85,7 @@ class LanguageModelTask:
         """Writes `<workdir>/samples/sample_<step>.txt` (prompt + continuations at the configured temperature/top-k)."""
         if jax.process_index() == 0:
             s = self.config.sample
-            params = jax.device_get(self.eval_params(state))
+            params = jax.device_get(eval_params(state))
             texts = self.sample(params, s.prompt, jax.random.fold_in(rng, step), s.length, s.temperature, s.top_k, s.num_samples)
             path = workdir / "samples" / f"sample_{step:07d}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,9 @@ from matplotlib.figure import Figure
 
 from genjax.data.loader import eval_batches
 from genjax.models.transformer import EncoderClassifier
-from genjax.optim import Optimizer, accumulate_gradients
+from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, apply_gradients, create_train_state
+from genjax.state import TrainState, create_train_state, eval_params, single_network_step
 
 
 def model_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> EncoderClassifier:
@@ -92,19 +92,10 @@ class TextClassifierTask:
         return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(rng, state.step)
-        metrics, grads = accumulate_gradients(
-            jax.value_and_grad(self.loss, has_aux=True), state.params["model"], batch, rng, self.config.grad_accum_steps
-        )
-        state, health = apply_gradients(state, "model", grads, self.optimizer)
-        return state.replace(step=state.step + 1), {**metrics, **health}
-
-    def eval_params(self, state: TrainState):
-        """The EMA parameters when an EMA is kept, else the trained ones."""
-        return state.ema_params.get("model", state.params["model"])
+        return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
     def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
-        logits = self.model.apply({"params": self.eval_params(state)}, batch["tokens"])
+        logits = self.model.apply({"params": eval_params(state)}, batch["tokens"])
         mask = batch["mask"].astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
@@ -127,7 +118,7 @@ class TextClassifierTask:
         """At the end: test precision / recall / F1 / ROC-AUC and `<workdir>/roc_curve.png`."""
         if not final:
             return {}
-        params = jax.device_get(self.eval_params(state))
+        params = jax.device_get(eval_params(state))
         probabilities = self.probabilities(params, self.test_arrays["tokens"])
         labels = self.test_arrays["label"]
         metrics = binary_metrics(probabilities, labels)

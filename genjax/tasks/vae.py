@@ -15,9 +15,9 @@ import optax
 from genjax import vis
 from genjax.data.images import augment_digits, dynamic_binarization
 from genjax.models.vae import VAE
-from genjax.optim import Optimizer, accumulate_gradients
+from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, apply_gradients, create_train_state
+from genjax.state import TrainState, create_train_state, eval_params, single_network_step
 
 
 def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
@@ -94,20 +94,11 @@ class VAETask:
         return nelbo.mean(), {"neg_elbo": nelbo.mean(), "kl": kl.mean()}
 
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(rng, state.step)
-        metrics, grads = accumulate_gradients(
-            jax.value_and_grad(self.loss, has_aux=True), state.params["model"], batch, rng, self.config.grad_accum_steps
-        )
-        state, health = apply_gradients(state, "model", grads, self.optimizer)
-        return state.replace(step=state.step + 1), {**metrics, **health}
-
-    def eval_params(self, state: TrainState):
-        """The EMA parameters when an EMA is kept, else the trained ones."""
-        return state.ema_params.get("model", state.params["model"])
+        return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
     def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
         x = batch["image"].astype(jnp.float32) / 255.0  # the fixed binarisation: exactly 0 or 1
-        logits, mean, logvar = self.model.apply({"params": self.eval_params(state)}, x, rng)
+        logits, mean, logvar = self.model.apply({"params": eval_params(state)}, x, rng)
         nelbo, kl = neg_elbo(logits, x, mean, logvar)
         mask = batch["mask"].astype(jnp.float32)
         return {"neg_elbo": jnp.sum(nelbo * mask), "kl": jnp.sum(kl * mask), "count": mask.sum()}
@@ -128,7 +119,7 @@ class VAETask:
 
     def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
         """Sample, reconstruction (and manifold) grids; at the end, the IWAE `nll` on the test split."""
-        params = jax.device_get(self.eval_params(state))
+        params = jax.device_get(eval_params(state))
         if jax.process_index() == 0:
             x = self.test_images[:32].astype(np.float32) / 255.0
             recon, samples = jax.device_get(self._reconstruct_and_sample(params, x, rng))
