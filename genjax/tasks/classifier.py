@@ -58,6 +58,14 @@ def save_confusion_matrix(confusion: np.ndarray, path: pathlib.Path, title: str)
     plt.close(figure)
 
 
+
+def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Eval sums over the real rows: logits [B, C], labels int [B], mask bool [B] -> {loss, accuracy, count}."""
+    mask = mask.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return {"loss": jnp.sum(loss * mask), "accuracy": jnp.sum(correct * mask), "count": mask.sum()}
+
 class ClassifierTask:
     """Softmax cross-entropy on uint8 images scaled to [0, 1]; optional on-device augmentation; dropout keys from the step rng."""
 
@@ -87,10 +95,7 @@ class ClassifierTask:
 
     def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
         logits = self.model.apply({"params": eval_params(state)}, self._inputs(rng, batch["image"], train=False))
-        mask = batch["mask"].astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return {"loss": jnp.sum(loss * mask), "accuracy": jnp.sum(correct * mask), "count": mask.sum()}
+        return classification_sums(logits, batch["label"], batch["mask"])
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def _predict(self, params, images: jax.Array) -> jax.Array:

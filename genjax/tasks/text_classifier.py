@@ -19,6 +19,7 @@ from genjax.models.transformer import EncoderClassifier
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step
+from genjax.tasks.classifier import classification_sums
 
 
 def model_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> EncoderClassifier:
@@ -96,10 +97,7 @@ class TextClassifierTask:
 
     def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
         logits = self.model.apply({"params": eval_params(state)}, batch["tokens"])
-        mask = batch["mask"].astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return {"loss": jnp.sum(loss * mask), "accuracy": jnp.sum(correct * mask), "count": mask.sum()}
+        return classification_sums(logits, batch["label"], batch["mask"])
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def positive_probability(self, params, tokens: jax.Array) -> jax.Array:
