@@ -80,14 +80,19 @@ def _first_line(error: BaseException) -> str:
 class Checkpointer:
     """Saves every `every_steps` (and on demand), keeps the last `keep`, restores the newest intact one."""
 
-    def __init__(self, workdir: pathlib.Path, every_steps: int, keep: int):
+    def __init__(self, workdir: pathlib.Path, every_steps: int, keep: int, read_only: bool = False):
+        """`read_only` (inference): never creates, cleans up, deletes or moves anything, so it is safe
+        to use on the workdir of a run that is training and writing checkpoints right now."""
+        self.read_only = read_only
         self.directory = (workdir / "checkpoints").absolute()
         self.damaged_directory = (workdir / "damaged_checkpoints").absolute()
         self.every_steps = every_steps
         self._saving: int | None = None  # the step whose asynchronous write may still be running
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only
+            ),
             item_names=("state", "meta"),
         )
 
@@ -192,7 +197,7 @@ class Checkpointer:
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves the damaged `steps` to `damaged_checkpoints/<step>[.n]` (process 0) and forgets them (all)."""
-        if not steps:
+        if not steps or self.read_only:
             return
         if jax.process_index() == 0:
             self.damaged_directory.mkdir(parents=True, exist_ok=True)

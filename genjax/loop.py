@@ -305,7 +305,7 @@ def restore_trained_state(workdir: str | pathlib.Path, experiment_name: str, tas
     mesh = sharding_lib.make_mesh(1)
     abstract_state, state_shardings = state_layout(task, mesh, jax.random.key(0), example_batch)
     signature = _state_signature(abstract_state)
-    checkpointer = Checkpointer(workdir, every_steps=1, keep=1_000_000)
+    checkpointer = Checkpointer(workdir, every_steps=1, keep=1_000_000, read_only=True)
     try:
         restored = checkpointer.restore_latest(
             abstract_with_shardings(abstract_state, state_shardings),
