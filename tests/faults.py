@@ -22,10 +22,6 @@ TINY_OVERRIDES = {
 }
 
 
-def family_available(module: str) -> bool:
-    return (REPO / pathlib.Path(*module.split("."))).with_suffix(".py").is_file()
-
-
 def command(module: str, workdir: pathlib.Path | str, **overrides) -> list[str]:
     """`python -u -m module --workdir W --config.K=V ...` with the family's tiny settings under `overrides`."""
     settings = {**TINY_OVERRIDES.get(module, {}), **overrides}

@@ -115,8 +115,6 @@ def reference_runs(tmp_path_factory, compile_cache, family_settings):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sigkill_at_random_points_then_rerun_is_bit_identical(family, tmp_path, compile_cache, reference_runs, family_settings):
-    if not faults.family_available(family):
-        pytest.skip(f"{family} does not exist yet")
     reference = reference_runs(family)
     env, workdir, cmd = faults.environment(compile_cache), tmp_path / "killed", run_command(family, tmp_path / "killed", **family_settings(family))
     rng = random.Random(f"{family}-kills")  # seeded: a failure names reproducible kill points
