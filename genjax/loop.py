@@ -230,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             good = f"last good checkpoint: {checkpointer.path(last_saved)}" if last_saved is not None else "no checkpoint was written"
             every = f" (all {skipped} updates since the last log were skipped)" if config.skip_nonfinite else ""
             raise GenjaxError(
-                f"non-finite {', '.join(bad)} at step {int(totals['first_bad']) + 1}{every}; stopped without saving ({good}); "
+                f"non-finite {', '.join(bad)} at step {int(totals['first_bad'])}{every}; stopped without saving ({good}); "
                 "lower the learning rate or enable gradient clipping (--config.optimizer.grad_clip_norm=1.0)"
             )
         means = {k: float(v) / count for k, v in totals["sums"].items()}
@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         while step < total_steps:
             batch = next(batches)
             state, metrics = train_step(state, batch, train_rng)
-            totals = _accumulate(totals, metrics, jnp.int32(step))
+            totals = _accumulate(totals, metrics, state.step)  # the step number, already on device
             step += 1
             data_index += 1
 
