@@ -61,10 +61,11 @@ def test_char_tokenizer_round_trips_and_handles_unknown_characters(shakespeare, 
 def test_word_tokenizer_round_trips_and_handles_unknown_words(tmp_path):
     texts = ["A fine film.<br /><br />I liked it!", "The film wasn't fine; it was dull.", "fine fine dull"]
     tokenizer = WordTokenizer.train(texts, vocab_size=8)
-    assert tokenizer.vocab[2:4] == ["fine", "."]  # most frequent first
-    in_vocab = "fine . film"
+    assert tokenizer.vocab[2:5] == ["fine", "dull", "film"]  # most frequent first, ties alphabetical
+    in_vocab = "fine film dull"
     assert tokenizer.decode(tokenizer.encode(in_vocab)) == in_vocab
-    assert word_pieces("Wasn't it<br />GREAT?!") == ["wasn't", "it", "great", "?", "!"]
+    assert tokenizer.decode(tokenizer.encode("Fine, dull!")) == "fine dull"  # punctuation dropped
+    assert word_pieces("Wasn't it<br />GREAT?! 10/10") == ["wasn't", "it", "great", "10", "10"]
     assert set(tokenizer.encode("zyzzyva kumquat")) == {UNK}
     save_tokenizer(tokenizer, tmp_path / "words.json")
     assert load_tokenizer(tmp_path / "words.json").vocab == tokenizer.vocab

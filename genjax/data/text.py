@@ -52,11 +52,12 @@ class CharTokenizer:
 
 
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
 def word_pieces(text: str) -> list[str]:
-    """Lowercased words and single punctuation marks, with HTML line breaks removed."""
+    """Lowercased words (letters and digits, with an apostrophe suffix such as "n't"); punctuation, other
+    symbols and HTML line breaks are dropped, so a fixed token budget holds more words."""
     return _WORD.findall(_BREAK.sub(" ", text).lower())
 
 
@@ -82,7 +83,7 @@ class WordTokenizer:
         return len(self.vocab)
 
     def encode(self, text: str) -> np.ndarray:
-        """str -> int32 [number of words and punctuation marks]."""
+        """str -> int32 [number of words]."""
         return np.asarray([self._ids.get(p, UNK) for p in word_pieces(text)], np.int32)
 
     def decode(self, ids: Iterable[int]) -> str:
