@@ -1,7 +1,7 @@
 """Step time, throughput and MFU of the library's real jitted train step, for one model family.
 
 Command:  python -m benchmarks.step_throughput --model vae --batch-size 128 --steps 200
-          [--dtype bf16] [--data real] [--config.KEY=VALUE ...]
+          [--dtype bf16] [--data real] [--matmul-bound] [--config.KEY=VALUE ...]
 Prints a table, then one JSON line (the last line of stdout) with every figure.
 
 The step is the one the experiments train with: the experiment comes from
@@ -15,6 +15,7 @@ steps run in windows, each closed by `block_until_ready`, and the median and 90t
 are over the windows' per-step times. MFU is model FLOPs per second over the peak of all devices
 (benchmarks/peaks.py: published, or on CPU a large matmul timed after every window, in the same
 process and under the same load), the median over windows. FLOP conventions: genjax/flops.py.
+`--matmul-bound` adds the step's matmul-only bound and the MFU ceiling it implies (benchmarks/matmul_bound.py).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from benchmarks import peaks
+from benchmarks import matmul_bound, peaks
 from genjax import cli, flops, loop
 from genjax import config as config_lib
 from genjax import sharding as sharding_lib
@@ -137,10 +138,11 @@ def summary(seconds: list[float]) -> dict[str, float]:
 
 
 def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", data: str = "synthetic",
-              config_args: Sequence[str] = ()) -> dict[str, Any]:
-    """Times `steps` train steps of family `model`; returns the figures of the JSON line."""
-    if model not in FAMILIES:
-        raise GenjaxError(f"unknown --model '{model}'; choose one of {sorted(FAMILIES)}")
+              config_args: Sequence[str] = (), bound: bool = False) -> dict[str, Any]:
+    """Times `steps` train steps of family `model`; returns the figures of the JSON line.
+
+    With `bound`, also the step's matmul-only bound (benchmarks/matmul_bound.py), on one device only.
+    """
     if model not in FAMILIES:
         raise GenjaxError(f"unknown --model '{model}'; choose one of {sorted(FAMILIES)}")
     if steps < 1 or batch_size < 1:
@@ -185,6 +187,12 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
 
     timed = summary(real if real else synthetic)
     step_s = timed["step_ms_median"] / 1e3
+    mfu = float(np.median([model_flops / seconds / p for seconds, p in zip(real or synthetic, peak)]))
+    bound_s = None
+    if bound:
+        if mesh.devices.size > 1:
+            raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {mesh.devices.size}")
+        bound_s = matmul_bound.matmul_bound_s(task.train_step, abstract_state, batch, train_rng)
     tokens = family.tokens_per_example(config) * batch_size if family.tokens_per_example else None
     device = mesh.devices.flat[0]
     return {
@@ -198,10 +206,12 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
         "flops_per_step": model_flops,
         "executed_flops_per_step": executed_flops,
         "tflops_per_s": model_flops / step_s / 1e12,
-        "mfu": float(np.median([model_flops / seconds / p for seconds, p in zip(real or synthetic, peak)])),
+        "mfu": mfu,
         "peak_tflops_per_s": float(np.median(peak)) / 1e12,
         "peak_source": meter.source,
         "compile_s": compile_s,
+        "matmul_bound_ms": bound_s * 1e3 if bound_s else None,
+        "mfu_ceiling": mfu * step_s / bound_s if bound_s else None,  # the MFU at the bound, against the same peak
         "synthetic_step_ms_median": summary(synthetic)["step_ms_median"],
         "real_over_synthetic": summary(synthetic)["step_ms_median"] / timed["step_ms_median"] if real else None,
         "device_kind": device.device_kind,
@@ -233,12 +243,14 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help="computation dtype (config field 'dtype')")
     parser.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
                         help="real: also time the real input pipeline and report real/synthetic")
+    parser.add_argument("--matmul-bound", action="store_true",
+                        help="also time each matmul and convolution of the step alone: the MFU if nothing else cost time")
     return parser.parse_known_args(argv)
 
 
 def main(argv: Sequence[str]) -> None:
     flags, config_args = parse_args(argv)
-    result = benchmark(flags.model, flags.batch_size, flags.steps, DTYPES[flags.dtype], flags.data, config_args)
+    result = benchmark(flags.model, flags.batch_size, flags.steps, DTYPES[flags.dtype], flags.data, config_args, flags.matmul_bound)
     print(format_table(result))
     print(json.dumps(result), flush=True)
 

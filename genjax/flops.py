@@ -14,7 +14,7 @@ Conventions (those of model-FLOPs utilisation, MFU):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 from jax.extend import core as jex_core
@@ -94,26 +94,34 @@ def _conv_flops(eqn: jex_core.JaxprEqn) -> int:
     return 2 * taps // math.prod(eqn.params["lhs_dilation"])
 
 
-def jaxpr_flops(jaxpr: jex_core.Jaxpr) -> int:
-    """Sum of matmul and convolution FLOPs in `jaxpr`, looking inside calls, scans (times their length) and conds (largest branch).
+def matmul_equations(jaxpr: jex_core.Jaxpr, times: int = 1) -> Iterator[tuple[jex_core.JaxprEqn, int]]:
+    """(equation, how many times it runs) for every matmul and convolution in `jaxpr`, looking inside
+    calls, scans (times their length) and conds (the branch with the most FLOPs).
 
     Raises for a while loop, whose trip count is unknown before it runs.
     """
-    total = 0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name == "dot_general":
-            total += _dot_general_flops(eqn)
-        elif name == "conv_general_dilated":
-            total += _conv_flops(eqn)
+        if name in ("dot_general", "conv_general_dilated"):
+            yield eqn, times
         elif name == "while":
             raise GenjaxError("cannot count the FLOPs of a while loop (unknown trip count); use lax.scan or a Python loop")
         elif name == "cond":
-            total += max(jaxpr_flops(branch.jaxpr) for branch in eqn.params["branches"])
+            branch = max(eqn.params["branches"], key=lambda branch: jaxpr_flops(branch.jaxpr))
+            yield from matmul_equations(branch.jaxpr, times)
         else:
-            inner = sum(jaxpr_flops(sub) for sub in jex_core.jaxprs_in_params(eqn.params))
-            total += inner * (eqn.params["length"] if name == "scan" else 1)
-    return total
+            for sub in jex_core.jaxprs_in_params(eqn.params):
+                yield from matmul_equations(sub, times * (eqn.params["length"] if name == "scan" else 1))
+
+
+def equation_flops(eqn: jex_core.JaxprEqn) -> int:
+    """FLOPs of one matmul (`dot_general`) or convolution (`conv_general_dilated`) equation."""
+    return _dot_general_flops(eqn) if eqn.primitive.name == "dot_general" else _conv_flops(eqn)
+
+
+def jaxpr_flops(jaxpr: jex_core.Jaxpr) -> int:
+    """Sum of matmul and convolution FLOPs in `jaxpr` (see `matmul_equations`)."""
+    return sum(equation_flops(eqn) * times for eqn, times in matmul_equations(jaxpr))
 
 
 def count_flops(fn: Callable[..., Any], *args: Any) -> int:

@@ -12,8 +12,9 @@ import math
 import pytest
 
 import jax
+import jax.numpy as jnp
 
-from benchmarks import peaks, step_throughput, sweep
+from benchmarks import matmul_bound, peaks, step_throughput, sweep
 from genjax import cli, flops, loop, sharding
 from genjax.data.loader import to_global
 
@@ -21,7 +22,7 @@ FIELDS = {
     "model", "batch_size", "steps", "data", "step_ms_median", "step_ms_p90", "examples_per_s", "tokens_per_s",
     "flops_per_step", "executed_flops_per_step", "tflops_per_s", "mfu", "peak_tflops_per_s", "peak_source",
     "compile_s", "synthetic_step_ms_median", "real_over_synthetic", "device_kind", "platform", "num_devices",
-    "dtype", "versions",
+    "dtype", "versions", "matmul_bound_ms", "mfu_ceiling",
 }
 BATCH = 8
 
@@ -75,6 +76,28 @@ def test_every_family_reports_every_field(model, request, capsys, data_dir):
     assert result["synthetic_step_ms_median"] > 0
     assert (result["real_over_synthetic"] is not None) == (data == "real")
     assert (result["tokens_per_s"] is not None) == (model in ("charlm", "imdb"))
+    assert result["matmul_bound_ms"] is None and result["mfu_ceiling"] is None  # only with --matmul-bound
+
+
+def test_matmul_bound_counts_each_matmul_as_often_as_it_runs():
+    """Three equal matmuls in a scan of 4, one of another shape outside: two distinct equations, run 12 and 1 times."""
+    w = jax.ShapeDtypeStruct((16, 16), "float32")
+
+    def fn(x, w):
+        def body(h, _):
+            return jnp.tanh(h @ w) @ w @ w, None
+
+        h, _ = jax.lax.scan(body, x, None, length=4)
+        return h @ jnp.ones((16, 3))
+
+    counts = sorted(count for _, count in matmul_bound.distinct_matmuls(fn, jax.ShapeDtypeStruct((8, 16), "float32"), w))
+    assert counts == [1, 12]
+    assert matmul_bound.matmul_bound_s(fn, jax.ShapeDtypeStruct((8, 16), "float32"), w) > 0
+
+
+def test_matmul_bound_of_a_real_step(capsys, data_dir):
+    result = run_benchmark(capsys, "--model", "vae", "--batch-size", str(BATCH), "--steps", "2", "--matmul-bound", f"--config.data_dir={data_dir}")
+    assert result["matmul_bound_ms"] > 0 and math.isfinite(result["mfu_ceiling"]) and result["mfu_ceiling"] > 0
 
 
 def test_vae_flops_are_six_n_per_example(data_dir):
