@@ -154,6 +154,8 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
 
     mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
     sharding_lib.check_batch_size(batch_size, mesh)
+    if bound and mesh.devices.size > 1:
+        raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {mesh.devices.size}")
     data_sharding = sharding_lib.batch_sharding(mesh)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     batch = to_global(experiment.train_data.batch_at(0), data_sharding)
@@ -188,11 +190,7 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
     timed = summary(real if real else synthetic)
     step_s = timed["step_ms_median"] / 1e3
     mfu = float(np.median([model_flops / seconds / p for seconds, p in zip(real or synthetic, peak)]))
-    bound_s = None
-    if bound:
-        if mesh.devices.size > 1:
-            raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {mesh.devices.size}")
-        bound_s = matmul_bound.matmul_bound_s(task.train_step, abstract_state, batch, train_rng)
+    bound_s = matmul_bound.matmul_bound_s(task.train_step, abstract_state, batch, train_rng) if bound else None
     tokens = family.tokens_per_example(config) * batch_size if family.tokens_per_example else None
     device = mesh.devices.flat[0]
     return {

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import matmul_bound, peaks, step_throughput, sweep
+from conftest import run_module
 from genjax import cli, flops, loop, sharding
 from genjax.data.loader import to_global
 
@@ -98,6 +99,15 @@ def test_matmul_bound_counts_each_matmul_as_often_as_it_runs():
 def test_matmul_bound_of_a_real_step(capsys, data_dir):
     result = run_benchmark(capsys, "--model", "vae", "--batch-size", str(BATCH), "--steps", "2", "--matmul-bound", f"--config.data_dir={data_dir}")
     assert result["matmul_bound_ms"] > 0 and math.isfinite(result["mfu_ceiling"]) and result["mfu_ceiling"] > 0
+
+
+def test_matmul_bound_on_several_devices_is_refused_before_timing(data_dir):
+    out = run_module(
+        "benchmarks.step_throughput", "--model", "vae", "--batch-size", str(BATCH), "--steps", "2", "--matmul-bound",
+        f"--config.data_dir={data_dir}", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not 2" in out.stderr
 
 
 def test_vae_flops_are_six_n_per_example(data_dir):
