@@ -11,6 +11,7 @@ its path, moved to `<workdir>/damaged_checkpoints/` and the previous one is trie
 from __future__ import annotations
 
 import contextlib
+import logging
 import pathlib
 import shutil
 import sys
@@ -22,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from genjax.errors import GenjaxError
+from genjax.errors import GenjaxError, first_line
 
 FORMAT_VERSION = 2  # 2: meta holds state_fingerprint
 _ODD_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)  # two independent position weightings
@@ -70,11 +71,9 @@ def state_fingerprint(state: Any) -> dict[str, list[int]]:
     return dict(zip(paths, values))
 
 
-def _first_line(error: BaseException) -> str:
-    """`Type: first line`, shortened to its start and its end (where tensorstore puts the OS error)."""
-    lines = str(error).strip().splitlines()
-    line = lines[0] if lines else ""
-    return f"{type(error).__name__}: {line if len(line) <= 300 else line[:150] + ' ... ' + line[-150:]}"
+def _unretrieved_task_errors(record: logging.LogRecord) -> bool:
+    """A logging filter: False (drop) for asyncio's "Task exception was never retrieved" records."""
+    return not record.getMessage().startswith("Task exception was never retrieved")
 
 
 class Checkpointer:
@@ -133,8 +132,11 @@ class Checkpointer:
             raise
         except Exception as error:  # tensorstore/orbax raise many types for I/O failures
             path = self.path(self._saving) if self._saving is not None else self.directory
+            # orbax's other write tasks failed the same way; asyncio would log each one's traceback when it is
+            # garbage-collected, possibly after the one-line error below. That error reports them all.
+            logging.getLogger("asyncio").addFilter(_unretrieved_task_errors)
             raise GenjaxError(
-                f"writing checkpoint {path} failed ({_first_line(error)}); free disk space or fix the permissions "
+                f"writing checkpoint {path} failed ({first_line(error)}); free disk space or fix the permissions "
                 f"of {self.directory}, then rerun the same command: it resumes from the last complete checkpoint"
             ) from error
 
@@ -157,7 +159,7 @@ class Checkpointer:
             try:
                 meta = self._restore_meta(step)
             except Exception as error:  # orbax raises many types for damaged files
-                self._report_damage(step, _first_line(error))
+                self._report_damage(step, first_line(error))
                 damaged.append(step)
                 continue
             if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -169,7 +171,7 @@ class Checkpointer:
             try:
                 state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
             except Exception as error:
-                self._report_damage(step, _first_line(error))
+                self._report_damage(step, first_line(error))
                 damaged.append(step)
                 continue
             mismatch = _fingerprint_mismatch(meta, state)
