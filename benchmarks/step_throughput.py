@@ -149,13 +149,12 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
         raise GenjaxError(f"--steps ({steps}) and --batch-size ({batch_size}) must be >= 1")
     family = FAMILIES[model]
     config = make_config(family, batch_size, dtype, config_args)
-    experiment: Experiment = importlib.import_module(family.module).build(config)
-    task = experiment.task
-
     mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
     sharding_lib.check_batch_size(batch_size, mesh)
     if bound and mesh.devices.size > 1:
         raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {mesh.devices.size}")
+    experiment: Experiment = importlib.import_module(family.module).build(config)
+    task = experiment.task
     data_sharding = sharding_lib.batch_sharding(mesh)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     batch = to_global(experiment.train_data.batch_at(0), data_sharding)

@@ -16,7 +16,6 @@ import argparse
 import csv
 import itertools
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -28,25 +27,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from genjax import cli
+from genjax.launch import process_env
 from genjax.errors import GenjaxError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-
-
-def point_env(devices: int) -> dict[str, str]:
-    """The environment of one point's process: `devices` emulated host devices, other XLA flags kept."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)]
-    return {**os.environ, "XLA_FLAGS": " ".join([*flags, f"{DEVICE_COUNT_FLAG}={devices}"])}
-
-
 def run_point(model: str, batch_size: int, dtype: str, devices: int, steps: int, data: str, config_args: Sequence[str]) -> dict[str, Any]:
     """The JSON figures of one benchmark process (its last stdout line)."""
     command = [
         sys.executable, "-m", "benchmarks.step_throughput", "--model", model, "--batch-size", str(batch_size),
         "--steps", str(steps), "--dtype", dtype, "--data", data, f"--config.num_devices={devices}", *config_args,
     ]
-    done = subprocess.run(command, cwd=REPO, env=point_env(devices), capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO, env=process_env(devices), capture_output=True, text=True)
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1:] or ["no output"]
         raise GenjaxError(f"benchmark point batch={batch_size} dtype={dtype} devices={devices} failed: {last[0]}")

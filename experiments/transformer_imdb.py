@@ -153,7 +153,8 @@ def attention_png(task: TextClassifierTask, params, tokenizer: WordTokenizer, to
     """Writes the last layer's attention (mean over heads) among the real tokens of one review, tokens int32 [L]."""
     model = task.model.clone(attention_kernel="xla")  # the einsum kernel exposes its weights
     _, state = model.apply({"params": params}, tokens[None], mutable=["intermediates"])
-    weights = jax.tree.leaves(state["intermediates"])[-1][0].mean(0)  # [S, S]
+    last_block = state["intermediates"]["encoder"][f"block{model.num_layers - 1}"]
+    weights = last_block["attention"]["attention_weights"][0][0].mean(0)  # [N, S, S] of the one review -> [S, S]
     count = int(np.sum(tokens != 0))
     shown = min(count, 48)
     offset = weights.shape[-1] - tokens.shape[0]  # 1 with a [CLS] position in front

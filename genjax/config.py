@@ -48,8 +48,8 @@ def _coerce(key: str, old: Any, new: Any) -> Any:
     )
 
 
-def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-    """Sets `config.<key>` (dotted) from its command-line text, type-checked against the default."""
+def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """Sets `config.<key>` (dotted, an existing field) to `value`, type-checked against its current value."""
     *parents, leaf = key.split(".")
     node = config
     for i, part in enumerate(parents):
@@ -59,7 +59,12 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         raise _unknown_key(config, key)
     with node.unlocked():
-        node[leaf] = _coerce(key, node[leaf], _parse_value(text))
+        node[leaf] = _coerce(key, node[leaf], value)
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Sets `config.<key>` (dotted) from its command-line text, type-checked against the default."""
+    _set(config, key, _parse_value(text))
 
 
 def _unknown_key(config: ml_collections.ConfigDict, key: str) -> GenjaxError:
@@ -118,10 +123,5 @@ def load_saved_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) 
     defaults = flatten(config)
     for key, value in saved.items():
         if key in defaults:
-            *parents, leaf = key.split(".")
-            node = config
-            for part in parents:
-                node = node[part]
-            with node.unlocked():
-                node[leaf] = _coerce(key, defaults[key], value)
+            _set(config, key, value)
     return config

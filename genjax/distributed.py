@@ -26,7 +26,7 @@ import os
 
 import jax
 
-from genjax.errors import GenjaxError
+from genjax.errors import GenjaxError, first_line
 
 ENV_PREFIX = "GENJAX_"
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60
@@ -114,4 +114,4 @@ def initialize(settings: DistributedSettings) -> None:
         how = ("--distributed auto found no supported cluster (SLURM, Open MPI, Cloud TPU, GKE); launch explicitly"
                if settings.mode == "auto" else f"check that all {settings.num_processes} processes started and can "
                f"reach {settings.coordinator_address}")
-        raise GenjaxError(f"could not join the multi-process job ({str(error).splitlines()[0][:300]}); {how}") from None
+        raise GenjaxError(f"could not join the multi-process job ({first_line(error)}); {how}") from None

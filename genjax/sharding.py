@@ -14,6 +14,7 @@ at least `FSDP_MIN_SIZE` elements. Model code never names mesh axes.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -116,11 +117,17 @@ def unboxed(init_fn: Callable[..., Any]) -> Callable[..., Any]:
     return init
 
 
+@functools.lru_cache
+def _replicate(mesh: Mesh) -> Callable[[Any], Any]:
+    """The jitted identity to replicated shardings on `mesh`: made once per mesh, so compiled once per state layout."""
+    return jax.jit(lambda tree: tree, out_shardings=replicated(mesh))
+
+
 def gathered(state: Any, mesh: Mesh) -> Any:
     """`state` replicated on every device (a copy under FSDP), so host-side code can read any leaf in any process."""
     if mesh.shape[FSDP_AXIS] == 1:
         return state
-    return jax.jit(lambda tree: tree, out_shardings=replicated(mesh))(state)
+    return _replicate(mesh)(state)
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:

@@ -84,6 +84,12 @@ def eval_params(state: TrainState, name: str = "model") -> PyTree:
     return state.ema_params.get(name, state.params[name])
 
 
+def local_copy(tree: PyTree) -> PyTree:
+    """`tree` as arrays on this process's first device: a (possibly multi-process) global state made usable by
+    host-side evaluation code, uploaded once rather than with every jitted call."""
+    return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
+
+
 def single_network_step(
     loss_fn: Callable[[PyTree, dict, jax.Array], tuple[jax.Array, dict]],
     optimizer: Optimizer,

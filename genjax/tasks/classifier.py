@@ -18,7 +18,7 @@ from genjax.data.images import augment_digits
 from genjax.data.loader import ShuffledArrayLoader, eval_batches
 from genjax.models.classifier import make_classifier
 from genjax.optim import Optimizer, make_optimizer
-from genjax.state import TrainState, create_train_state, eval_params, single_network_step
+from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
 from genjax.task import Experiment, num_train_steps
 
 
@@ -105,7 +105,7 @@ class ClassifierTask:
         """At the end: macro precision/recall/F1 over the whole test split and `<workdir>/confusion_matrix.png`."""
         if not final:
             return {}
-        params = jax.device_get(eval_params(state))
+        params = local_copy(eval_params(state))
         batch = self.config.eval_batch_size
         predictions = np.concatenate(
             [jax.device_get(self._predict(params, self.test["image"][i : i + batch])) for i in range(0, len(self.test["label"]), batch)]

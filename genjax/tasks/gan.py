@@ -21,7 +21,7 @@ from genjax.errors import GenjaxError
 from genjax.models.gan import Discriminator, Generator
 from genjax.optim import Optimizer
 from genjax.sample_quality import FeatureNetwork, real_data_calibration
-from genjax.state import TrainState, apply_gradients, create_train_state
+from genjax.state import TrainState, apply_gradients, create_train_state, eval_params, local_copy
 
 NUM_GRID_SAMPLES = 64
 QUALITY_CHUNK = 1000
@@ -139,7 +139,7 @@ class GANTask:
 
     def sampling_variables(self, state: TrainState, ema: bool = True) -> dict:
         """The generator's variables for sampling: EMA (or trained) parameters and batch-norm running statistics."""
-        params = state.ema_params["generator"] if ema and "generator" in state.ema_params else state.params["generator"]
+        params = eval_params(state, "generator") if ema else state.params["generator"]
         return {"params": params, "batch_stats": state.model_state["generator"]}
 
     @functools.partial(jax.jit, static_argnums=(0,))
@@ -183,13 +183,13 @@ class GANTask:
 
         At the end also the trained (non-EMA) generator's scores (`raw_` prefix) and the real data's own.
         """
-        variables = jax.device_get(self.sampling_variables(state))
+        variables = local_copy(self.sampling_variables(state))
         if jax.process_index() == 0:
             grid = jax.device_get(self.sample(variables, self.grid_latents))
             vis.save_image_grid(grid, workdir / "samples" / f"samples_{step:07d}.png")
         metrics = self.sample_quality(variables, rng)
         if final:
-            raw = self.sample_quality(jax.device_get(self.sampling_variables(state, ema=False)), rng)
+            raw = self.sample_quality(local_copy(self.sampling_variables(state, ema=False)), rng)
             metrics.update({f"raw_{k}": v for k, v in raw.items()})
             metrics.update(real_data_calibration(self.feature_network, self.train_images, self.test_images))
         return metrics

@@ -17,7 +17,7 @@ from genjax.data.text import Tokenizer
 from genjax.models.transformer import DecoderLM
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, create_train_state, eval_params, single_network_step
+from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -85,7 +85,7 @@ class LanguageModelTask:
         """Writes `<workdir>/samples/sample_<step>.txt` (prompt + continuations at the configured temperature/top-k)."""
         if jax.process_index() == 0:
             s = self.config.sample
-            params = jax.device_get(eval_params(state))
+            params = local_copy(eval_params(state))
             texts = self.sample(params, s.prompt, jax.random.fold_in(rng, step), s.length, s.temperature, s.top_k, s.num_samples)
             path = workdir / "samples" / f"sample_{step:07d}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)

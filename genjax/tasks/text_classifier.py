@@ -14,11 +14,10 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from genjax.data.loader import eval_batches
 from genjax.models.transformer import EncoderClassifier
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, create_train_state, eval_params, single_network_step
+from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
 from genjax.tasks.classifier import classification_sums
 
 
@@ -105,18 +104,15 @@ class TextClassifierTask:
         return jax.nn.softmax(self.model.apply({"params": params}, tokens), -1)[:, 1]
 
     def probabilities(self, params, tokens: np.ndarray) -> np.ndarray:
-        """P(label 1) for every row of tokens [N, L], in batches of `eval_batch_size`."""
-        out = [
-            np.asarray(self.positive_probability(params, batch["tokens"]))[batch["mask"]]
-            for batch in eval_batches({"tokens": tokens}, self.config.eval_batch_size)
-        ]
-        return np.concatenate(out)
+        """P(label 1) for every row of tokens [N, L] (all rows, on every process), in batches of `eval_batch_size`."""
+        size = self.config.eval_batch_size
+        return np.concatenate([np.asarray(self.positive_probability(params, tokens[i : i + size])) for i in range(0, len(tokens), size)])
 
     def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
         """At the end: test precision / recall / F1 / ROC-AUC and `<workdir>/roc_curve.png`."""
         if not final:
             return {}
-        params = jax.device_get(eval_params(state))
+        params = local_copy(eval_params(state))
         probabilities = self.probabilities(params, self.test_arrays["tokens"])
         labels = self.test_arrays["label"]
         metrics = binary_metrics(probabilities, labels)

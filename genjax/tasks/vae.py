@@ -17,7 +17,7 @@ from genjax.data.images import augment_digits, dynamic_binarization
 from genjax.models.vae import VAE
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, create_train_state, eval_params, single_network_step
+from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
 
 
 def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
@@ -119,7 +119,7 @@ class VAETask:
 
     def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
         """Sample, reconstruction (and manifold) grids; at the end, the IWAE `nll` on the test split."""
-        params = jax.device_get(eval_params(state))
+        params = local_copy(eval_params(state))
         if jax.process_index() == 0:
             x = self.test_images[:32].astype(np.float32) / 255.0
             recon, samples = jax.device_get(self._reconstruct_and_sample(params, x, rng))
