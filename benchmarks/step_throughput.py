@@ -72,6 +72,7 @@ class Family:
 
     Attributes:
       module: the experiment module, with `get_config()` and `build(config) -> Experiment`.
+      recipe: passed as `get_config(recipe)` when set (the char LM's "gpu" recipe).
       overrides: config overrides (dotted key -> command-line text) that select the family in `module`.
       forward: `(task, state, batch, rng) -> anything`, the forward passes of one step; the model
         FLOPs of a step are 3 times their matmul and convolution FLOPs (genjax/flops.py).
@@ -79,32 +80,32 @@ class Family:
     """
 
     module: str
+    recipe: str = ""
     overrides: dict[str, str] = dataclasses.field(default_factory=dict)
     forward: Callable[[Any, TrainState, dict, jax.Array], Any] = model_loss
     tokens_per_example: Callable[[ml_collections.ConfigDict], int] | None = None
 
 
 FAMILIES: dict[str, Family] = {
-    "vae": Family("experiments.vae_mnist", {"model.kind": "mlp"}),
-    "vae_conv": Family("experiments.vae_mnist", {"model.kind": "conv"}),
+    "vae": Family("experiments.vae_mnist", overrides={"model.kind": "mlp"}),
+    "vae_conv": Family("experiments.vae_mnist", overrides={"model.kind": "conv"}),
     "mlp": Family("experiments.mlp_mnist"),
     "cnn": Family("experiments.cnn_mnist"),
     "dcgan": Family("experiments.gan_mnist", forward=gan_forward),
     "charlm": Family("experiments.charlm_shakespeare", tokens_per_example=lambda config: config.context),
+    "charlm_gpu": Family("experiments.charlm_shakespeare", recipe="gpu", tokens_per_example=lambda config: config.context),
     "imdb": Family("experiments.transformer_imdb", tokens_per_example=lambda config: config.max_len),  # padded length
 }
 
 
 def make_config(family: Family, batch_size: int, dtype: str, config_args: Sequence[str]) -> ml_collections.ConfigDict:
     """The experiment's config with the family's overrides, the batch size, the dtype and `--config.*` applied."""
-    config = importlib.import_module(family.module).get_config()
+    module = importlib.import_module(family.module)
+    config = module.get_config(family.recipe) if family.recipe else module.get_config()
     for key, text in family.overrides.items():
         config_lib.apply_override(config, key, text)
     config.batch_size = batch_size
-    if "dtype" in config:
-        config.dtype = dtype
-    elif dtype != "float32":
-        raise GenjaxError(f"{family.module} has no config field 'dtype' yet, so it cannot run in {dtype}; use --dtype f32")
+    config.dtype = dtype
     rest = config_lib.parse_overrides(config, config_args)
     if rest:
         raise GenjaxError(f"unknown arguments {rest}; pass --config.KEY=VALUE for config fields, see --help")

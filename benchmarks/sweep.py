@@ -4,6 +4,8 @@ Command:  python -m benchmarks.sweep --model vae --batch-sizes 32,128,512 --dtyp
               --device-counts 1,2 --steps 50 --out runs/sweep_vae [--config.KEY=VALUE ...]
 Writes <out>/sweep.csv (one row per point, the JSON fields of benchmarks.step_throughput)
 and <out>/sweep.png (examples/s and MFU against batch size, a line per dtype and device count).
+A point that fails (out of memory, say) is reported and skipped; the files hold the points that ran,
+and the command then exits with an error naming the failed points.
 
 Every point runs `python -m benchmarks.step_throughput` in its own process: on CPU the
 device count is emulated with XLA_FLAGS=--xla_force_host_platform_device_count=N, which XLA
@@ -103,15 +105,23 @@ def main(argv: Sequence[str]) -> None:
     flags, config_args = parser.parse_known_args(argv)
     out = pathlib.Path(flags.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, failures = [], []
     for devices, dtype, batch_size in itertools.product(int_list(flags.device_counts), flags.dtypes.split(","), int_list(flags.batch_sizes)):
-        result = run_point(flags.model, batch_size, dtype, devices, flags.steps, flags.data, config_args)
+        try:
+            result = run_point(flags.model, batch_size, dtype, devices, flags.steps, flags.data, config_args)
+        except GenjaxError as error:
+            print(error, flush=True)
+            failures.append(f"batch={batch_size} dtype={dtype} devices={devices}")
+            continue
         print(f"{dtype:>5} devices={devices} batch={batch_size:>5}  {result['step_ms_median']:8.2f} ms  "
               f"{result['examples_per_s']:10.0f} ex/s  MFU {100 * result['mfu']:5.1f}%", flush=True)
         results.append(result)
-    write_csv(results, out / "sweep.csv")
-    plot(results, out / "sweep.png")
-    print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    if results:
+        write_csv(results, out / "sweep.csv")
+        plot(results, out / "sweep.png")
+        print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    if failures:
+        raise GenjaxError(f"{len(failures)} of {len(failures) + len(results)} sweep points failed: {'; '.join(failures)}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_len = 512  # words per review; 7.6% of training reviews are longer and get cut; shorter ones are padded
     config.train_examples = 0  # 0: the whole split; > 0: the first n (smoke runs and tests)
     config.test_examples = 0
-    config.dtype = "float32"  # computation dtype; parameters stay float32
     config.grad_accum_steps = 1
     config.model = ml_collections.ConfigDict(
         dict(

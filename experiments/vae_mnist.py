@@ -33,7 +33,6 @@ def get_config() -> ml_collections.ConfigDict:
     config = loop_config(num_epochs=10, batch_size=32, eval_batch_size=1000, checkpoint_every=2000)
     config.dataset = "mnist"
     config.grad_accum_steps = 1  # micro-batches per step (same update, 1/k of the activation memory)
-    config.dtype = "float32"  # computation dtype: float32 | bfloat16 (parameters and optimizer state stay float32)
     config.iwae_samples = 1000  # IWAE bound at the end; 0 skips it
     config.model = ml_collections.ConfigDict(dict(kind="mlp", hidden=500, latents=20))
     config.data = ml_collections.ConfigDict(dict(binarization="dynamic", augment=False))

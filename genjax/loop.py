@@ -172,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
     sharding_lib.check_batch_size(config.batch_size, mesh)
     sharding_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    data_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
+    data_sharding = sharding_lib.batch_sharding(mesh)
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
 
     # Model and optimizer state, born with their shardings.

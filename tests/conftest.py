@@ -33,3 +33,29 @@ def run_module(module: str, *args: str, env: dict[str, str] | None = None, timeo
         text=True,
         timeout=timeout,
     )
+
+
+def train_cnn(workdir: pathlib.Path, steps: int, **model_overrides) -> pathlib.Path:
+    """A short real cnn_mnist run in `workdir` (reused if already trained this session)."""
+    from experiments import cnn_mnist
+
+    if not (workdir / "checkpoints").is_dir():
+        config = cnn_mnist.get_config()
+        config.update(dict(num_train_steps=steps, batch_size=64, log_every=steps, checkpoint_every=steps, download=False))
+        config.data.augment = False
+        config.optimizer.warmup_steps = 10
+        config.model.update(model_overrides)
+        cnn_mnist.train_and_evaluate(config, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def feature_checkpoint(tmp_path_factory, data_dir) -> pathlib.Path:
+    """A tiny metric CNN (200 steps, about 95% test accuracy), trained once per session: the GAN's metric network."""
+    return train_cnn(tmp_path_factory.getbasetemp() / "feature_cnn", steps=200)
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> pathlib.Path:
+    """One persistent JAX compilation cache for the subprocess runs of the session (faults.environment)."""
+    return tmp_path_factory.mktemp("jax_compile_cache")

@@ -25,11 +25,6 @@ TINY = dict(num_train_steps=20, checkpoint_every=10, log_every=10)
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory) -> pathlib.Path:
-    return tmp_path_factory.mktemp("jax_compile_cache")
-
-
-@pytest.fixture(scope="module")
 def vae_workdir(tmp_path_factory, data_dir) -> pathlib.Path:
     """A finished tiny VAE run (checkpoints 10 and 20) with the settings `faults.command` gives the VAE."""
     workdir = tmp_path_factory.mktemp("vae_workdir")

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_sample_quality import feature_checkpoint  # noqa: F401  (the session's tiny metric CNN)
 
 from experiments import gan_mnist
 from genjax.errors import GenjaxError
@@ -75,7 +74,7 @@ def small_config(feature_checkpoint: pathlib.Path, **overrides):
     return config
 
 
-def test_short_run_lowers_the_generator_fid(tmp_path, feature_checkpoint):  # noqa: F811
+def test_short_run_lowers_the_generator_fid(tmp_path, feature_checkpoint):
     config = small_config(feature_checkpoint, num_train_steps=300, eval_every=60, checkpoint_every=1000)
     final = gan_mnist.train_and_evaluate(config, tmp_path)
     evaluations = read_metrics(tmp_path, "test")
@@ -90,7 +89,7 @@ def restore_raw_state(workdir: pathlib.Path, step: int):
     return ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
 
 
-def test_resume_is_bit_identical(tmp_path, feature_checkpoint):  # noqa: F811
+def test_resume_is_bit_identical(tmp_path, feature_checkpoint):
     config = small_config(feature_checkpoint, num_train_steps=20, eval_every=1000, checkpoint_every=10)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     gan_mnist.train_and_evaluate(config, straight)
@@ -107,7 +106,7 @@ def test_resume_is_bit_identical(tmp_path, feature_checkpoint):  # noqa: F811
     assert int(a["step"]) == 20
 
 
-def test_unknown_loss_and_missing_feature_network_are_clear_errors(tmp_path, feature_checkpoint):  # noqa: F811
+def test_unknown_loss_and_missing_feature_network_are_clear_errors(tmp_path, feature_checkpoint):
     with pytest.raises(GenjaxError, match="unknown loss 'wasserstein'"):
         gan_mnist.build(small_config(feature_checkpoint, loss="wasserstein"))
     with pytest.raises(GenjaxError, match="feature checkpoint .* not found"):

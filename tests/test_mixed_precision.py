@@ -1,14 +1,16 @@
 """bf16 mixed precision: bf16 matmuls, float32 parameters / optimizer state / losses, results close to float32."""
 
+import importlib
+
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import scaling_runs
+from benchmarks import step_throughput
 from experiments import vae_mnist
-from genjax import loop, sharding
+from genjax import flops, loop, sharding
 from genjax.data.loader import to_global
 from genjax.errors import GenjaxError
 from genjax.precision import compute_dtype
@@ -23,28 +25,35 @@ def test_unknown_dtype_is_a_clear_error():
         compute_dtype("float16")
 
 
-def test_bf16_computes_in_bf16_and_keeps_float32_state():
-    config = scaling_runs.vae_config(STEPS, dtype="bfloat16", num_devices=1)
-    experiment = vae_mnist.build(config)
+@pytest.mark.parametrize("model", list(step_throughput.FAMILIES))
+def test_bf16_computes_in_bf16_and_keeps_float32_state(model, request, data_dir):
+    """Every family with `dtype=bfloat16`: each matmul and convolution of its train step takes bf16
+    inputs, while parameters, EMA and optimizer moments stay float32."""
+    family = step_throughput.FAMILIES[model]
+    extra = {
+        "dcgan": [f"--config.feature_checkpoint={request.getfixturevalue('feature_checkpoint')}"],
+        "imdb": ["--config.train_examples=256", "--config.test_examples=16"],
+    }.get(model, [])
+    config = step_throughput.make_config(family, 8, "bfloat16", [f"--config.data_dir={data_dir}", *extra])
+    experiment = importlib.import_module(family.module).build(config)
     mesh = sharding.make_mesh(1)
     batch = to_global(experiment.train_data.batch_at(0), sharding.batch_sharding(mesh))
-    abstract_state, shardings = loop.state_layout(experiment.task, mesh, jax.random.key(0), batch)
+    abstract_state, _ = loop.state_layout(experiment.task, mesh, jax.random.key(0), batch)
     floats = [leaf.dtype for leaf in jax.tree.leaves(abstract_state) if jnp.issubdtype(leaf.dtype, jnp.floating)]
-    assert floats and all(dtype == jnp.float32 for dtype in floats)  # params, EMA, Adam moments
+    assert floats and all(dtype == jnp.float32 for dtype in floats)
 
-    state = loop.init_state(experiment.task, shardings, jax.random.key(0), batch)
-    jaxpr = jax.make_jaxpr(experiment.task.train_step)(state, batch, jax.random.key(1))
-    matmul_dtypes = {str(eqn.invars[0].aval.dtype) for eqn in _equations(jaxpr.jaxpr) if eqn.primitive.name == "dot_general"}
-    assert matmul_dtypes == {"bfloat16"}
-    logits, mean, _ = experiment.task.model.apply({"params": state.params["model"]}, batch["image"] / 255.0, jax.random.key(2))
+    jaxpr = jax.make_jaxpr(experiment.task.train_step)(abstract_state, batch, jax.random.key(1)).jaxpr
+    input_dtypes = {(eqn.primitive.name, str(v.aval.dtype)) for eqn, _ in flops.matmul_equations(jaxpr) for v in eqn.invars}
+    assert {dtype for _, dtype in input_dtypes} == {"bfloat16"}, input_dtypes
+
+
+def test_bf16_vae_losses_are_float32(data_dir):
+    config = scaling_runs.vae_config(STEPS, dtype="bfloat16", num_devices=1)
+    task = vae_mnist.build(config).task
+    images = jnp.ones((4, 28, 28, 1))
+    params = task.model.init(jax.random.key(0), images, jax.random.key(1))["params"]
+    logits, mean, _ = task.model.apply({"params": params}, images, jax.random.key(2))
     assert logits.dtype == mean.dtype == jnp.float32  # losses are computed in float32
-
-
-def _equations(jaxpr):
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for sub in jex.core.jaxprs_in_params(eqn.params):
-            yield from _equations(sub)
 
 
 def test_bf16_training_matches_float32_within_tolerance(tmp_path):

@@ -32,23 +32,11 @@ STEP_LINE = re.compile(r"^step (\d+)/")
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory) -> pathlib.Path:
-    return tmp_path_factory.mktemp("jax_compile_cache")
-
-
-@pytest.fixture(scope="module")
-def family_settings(tmp_path_factory, compile_cache):
+def family_settings(request):
     """{family: extra overrides}; the GAN needs a (briefly) trained cnn_mnist as its metric network."""
-    settings: dict[str, dict] = {}
 
     def get(family: str) -> dict:
-        if family == "experiments.gan_mnist" and family not in settings:
-            cnn = tmp_path_factory.mktemp("cnn_mnist")
-            done = faults.run(faults.command("experiments.cnn_mnist", cnn, num_train_steps=5, batch_size=32),
-                              faults.environment(compile_cache))
-            assert done.returncode == 0, done.stderr[-3000:]
-            settings[family] = {"feature_checkpoint": cnn}
-        return settings.get(family, {})
+        return {"feature_checkpoint": request.getfixturevalue("feature_checkpoint")} if family == "experiments.gan_mnist" else {}
 
     return get
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
 
-from experiments import cnn_mnist
+from conftest import train_cnn
 from genjax.data import sources
 from genjax.errors import GenjaxError
 from genjax.sample_quality import (
@@ -21,24 +19,6 @@ from genjax.sample_quality import (
     sqrtm_psd,
     trace_sqrt_product,
 )
-
-
-def train_cnn(workdir: pathlib.Path, steps: int, **model_overrides) -> pathlib.Path:
-    """A short real cnn_mnist run in `workdir` (reused if already trained this session)."""
-    if not (workdir / "checkpoints").is_dir():
-        config = cnn_mnist.get_config()
-        config.update(dict(num_train_steps=steps, batch_size=64, log_every=steps, checkpoint_every=steps, download=False))
-        config.data.augment = False
-        config.optimizer.warmup_steps = 10
-        config.model.update(model_overrides)
-        cnn_mnist.train_and_evaluate(config, workdir)
-    return workdir
-
-
-@pytest.fixture(scope="session")
-def feature_checkpoint(tmp_path_factory, data_dir) -> pathlib.Path:
-    """A tiny metric CNN (200 steps, about 95% test accuracy), trained once per session (shared with test_gan.py)."""
-    return train_cnn(tmp_path_factory.getbasetemp() / "feature_cnn", steps=200)
 
 
 @pytest.fixture(scope="module")

@@ -70,10 +70,11 @@ class CNN(nn.Module):
         return self.logits_and_features(x, train)[0]
 
 
-def make_classifier(model: ml_collections.ConfigDict) -> nn.Module:
-    """The classifier named by `model.kind` ("mlp" or "cnn") with the config's widths and dropout."""
+def make_classifier(model: ml_collections.ConfigDict, dtype: Any = jnp.float32) -> nn.Module:
+    """The classifier named by `model.kind` ("mlp" or "cnn") with the config's widths and dropout,
+    computing its matmuls/convolutions in `dtype` (parameters stay float32)."""
     if model.kind == "mlp":
-        return MLP(hidden=tuple(model.hidden), dropout_rate=model.dropout_rate)
+        return MLP(hidden=tuple(model.hidden), dropout_rate=model.dropout_rate, dtype=dtype)
     if model.kind == "cnn":
-        return CNN(channels=tuple(model.channels), hidden=model.hidden, dropout_rate=model.dropout_rate)
+        return CNN(channels=tuple(model.channels), hidden=model.hidden, dropout_rate=model.dropout_rate, dtype=dtype)
     raise GenjaxError(f"unknown model.kind '{model.kind}'; choose one of {KINDS}")

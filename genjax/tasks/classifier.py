@@ -18,6 +18,7 @@ from genjax.data.images import augment_digits
 from genjax.data.loader import ShuffledArrayLoader, eval_batches
 from genjax.models.classifier import make_classifier
 from genjax.optim import Optimizer, make_optimizer
+from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
 from genjax.task import Experiment, num_train_steps
 
@@ -123,7 +124,7 @@ def build_experiment(config: ml_collections.ConfigDict, name: str) -> Experiment
     test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
     loader = ShuffledArrayLoader(train, config.batch_size, seed=config.seed)
     steps = num_train_steps(config, loader.steps_per_epoch)
-    task = ClassifierTask(config, make_classifier(config.model), make_optimizer(config.optimizer, steps), test)
+    task = ClassifierTask(config, make_classifier(config.model, compute_dtype(config.dtype)), make_optimizer(config.optimizer, steps), test)
     return Experiment(
         name=name,
         task=task,

@@ -20,6 +20,7 @@ from genjax import vis
 from genjax.errors import GenjaxError
 from genjax.models.gan import Discriminator, Generator
 from genjax.optim import Optimizer
+from genjax.precision import compute_dtype
 from genjax.sample_quality import FeatureNetwork, real_data_calibration
 from genjax.state import TrainState, apply_gradients, create_train_state, eval_params, local_copy
 
@@ -73,8 +74,9 @@ class GANTask:
             raise GenjaxError(f"unknown loss '{config.loss}'; choose one of {sorted(LOSSES)} (--config.loss=hinge)")
         self.config = config
         self.latents = config.model.latents
-        self.generator = Generator(features=config.model.generator_features, upsample=config.model.upsample)
-        self.discriminator = Discriminator(features=config.model.discriminator_features)
+        dtype = compute_dtype(config.dtype)
+        self.generator = Generator(features=config.model.generator_features, upsample=config.model.upsample, dtype=dtype)
+        self.discriminator = Discriminator(features=config.model.discriminator_features, dtype=dtype)
         self.discriminator_loss, self.generator_loss = LOSSES[config.loss]
         self.optimizers = optimizers
         self.feature_network = feature_network
