@@ -124,3 +124,33 @@ def test_bfloat16_computation_keeps_float32_parameters():
     assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
     logits = model.apply({"params": params}, tokens)
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_bfloat16_embedding_gathers_float32_rows(positions):
+    """The lookup gathers float32 rows and casts them (values equal to a gather from a bf16 table),
+    so the gradient's scatter-add into the table runs in float32, not bf16."""
+    model = small_lm(dtype=jnp.bfloat16, positions=positions)
+    tokens = random_tokens((2, 24))
+    params = unboxed_params(model, tokens)
+    embedded = model.apply({"params": params}, tokens, jnp.broadcast_to(jnp.arange(24), tokens.shape), method="embed_tokens")
+    expected = jnp.take(params["embed"]["embedding"].astype(jnp.bfloat16), tokens, axis=0)
+    if positions == "learned":
+        expected = expected + params["position_embed"]["embedding"].astype(jnp.bfloat16)[None]
+    assert embedded.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(embedded, np.float32), np.asarray(expected, np.float32))
+
+    def loss(params):
+        return jnp.sum(model.apply({"params": params}, tokens) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+    scatters = [eqn for eqn in _all_equations(jaxpr) if eqn.primitive.name == "scatter-add"]
+    assert len(scatters) == (2 if positions == "learned" else 1)
+    assert {str(eqn.outvars[0].aval.dtype) for eqn in scatters} == {"float32"}
+
+
+def _all_equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _all_equations(sub)
