@@ -13,7 +13,7 @@ import pytest
 import scaling_runs
 from genjax import distributed
 from genjax.errors import GenjaxError
-from genjax.launch import process_commands, process_env
+from genjax.launch import process_commands, process_env, start_processes
 from genjax.metrics_log import read_metrics
 
 DEATH_BOUND_S = 90  # heartbeat timeout below (10 s) plus start-up slack on a loaded machine
@@ -119,8 +119,8 @@ def test_char_lm_two_processes_match_one_process_with_four_devices(tmp_path):
     single = subprocess.run(args(tmp_path / "one"), cwd=scaling_runs.REPO, env=process_env(4),
                             capture_output=True, text=True, timeout=scaling_runs.RUN_TIMEOUT_S)
     assert single.returncode == 0, single.stderr[-3000:]
-    processes = [subprocess.Popen(c, cwd=scaling_runs.REPO, env=process_env(2), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for c in process_commands(args(tmp_path / "two"), 2)]
+    processes = start_processes(args(tmp_path / "two"), 2, devices_per_process=2, cwd=scaling_runs.REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outputs = [p.communicate(timeout=scaling_runs.RUN_TIMEOUT_S)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     one, two = scaling_runs.train_losses(tmp_path / "one"), scaling_runs.train_losses(tmp_path / "two")
