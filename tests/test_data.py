@@ -10,7 +10,8 @@ import pytest
 from genjax import sharding
 from genjax.data import sources
 from genjax.data.images import augment_digits, dynamic_binarization, static_binarization
-from genjax.data.loader import ShuffledArrayLoader, device_prefetch, eval_batches
+from genjax.data import loader as loader_lib
+from genjax.data.loader import ResidentArrays, ShuffledArrayLoader, device_prefetch, eval_batches, to_global
 from genjax.errors import GenjaxError
 
 
@@ -62,6 +63,29 @@ def test_device_prefetch_yields_global_batches_in_order():
     for offset, batch in enumerate(got):
         assert isinstance(batch["x"], jax.Array) and batch["x"].sharding == data_sharding
         np.testing.assert_array_equal(batch["x"], loader.batch_at(3 + offset)["x"])
+
+
+def test_resident_arrays_gather_the_same_batches_as_the_host(data_dir):
+    """Real MNIST rows kept on the device: batch `index` equals the host-gathered batch, across an epoch boundary."""
+    train = sources.image_arrays("mnist", "train")
+    loader = ShuffledArrayLoader({"image": train["image"][:1000], "label": train["label"][:1000]}, global_batch_size=64, seed=1)
+    data_sharding = sharding.batch_sharding(sharding.make_mesh())
+    resident = ResidentArrays(loader, data_sharding)
+    for index in (0, 1, loader.steps_per_epoch - 1, loader.steps_per_epoch, 40):
+        batch, host = resident.batch_at(index), to_global(loader.batch_at(index), data_sharding)
+        assert batch.keys() == host.keys() and all(batch[k].sharding == data_sharding for k in batch)
+        for key in batch:
+            assert batch[key].dtype == host[key].dtype
+            np.testing.assert_array_equal(batch[key], host[key])
+
+
+def test_only_small_datasets_are_made_resident(monkeypatch):
+    loader = ShuffledArrayLoader({"x": np.arange(64, dtype=np.float32)}, global_batch_size=8, seed=0)
+    data_sharding = sharding.batch_sharding(sharding.make_mesh())
+    assert loader_lib.resident(loader)
+    monkeypatch.setattr(loader_lib, "RESIDENT_MAX_BYTES", loader.nbytes - 1)
+    assert not loader_lib.resident(loader)
+    np.testing.assert_array_equal(loader_lib.global_batches(loader, data_sharding)(5)["x"], loader.batch_at(5)["x"])
 
 
 def test_binarisations():

@@ -6,17 +6,19 @@ single integer (the index of the next batch), which the checkpoint stores, so a
 resumed run sees exactly the batches an uninterrupted run would have seen.
 Each process reads only its own rows; `to_global` assembles the process-local
 rows of every process into one global array sharded over the mesh's data axis.
+Small in-memory datasets are instead copied to every device once (`ResidentArrays`)
+and only the row indices of each batch travel.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from genjax.errors import GenjaxError
 
@@ -64,7 +66,12 @@ class ShuffledArrayLoader:
         self._epoch = -1
         self._permutation = np.empty(0, np.int64)
 
-    def batch_at(self, index: int) -> Batch:
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.arrays.values())
+
+    def rows_at(self, index: int) -> np.ndarray:
+        """The example indices of this process's rows of global batch `index`: int [local batch]."""
         epoch, position = divmod(index, self.steps_per_epoch)
         if epoch != self._epoch:
             self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
@@ -72,7 +79,10 @@ class ShuffledArrayLoader:
         start = position * self.global_batch_size
         # Sorted before the process split: ascending reads are cache-friendlier, and the global batch
         # (row order included, which per-row random draws follow) is the same for any number of processes.
-        rows = np.sort(self._permutation[start : start + self.global_batch_size])[self._rows]
+        return np.sort(self._permutation[start : start + self.global_batch_size])[self._rows]
+
+    def batch_at(self, index: int) -> Batch:
+        rows = self.rows_at(index)
         return {k: v[rows] for k, v in self.arrays.items()}
 
 
@@ -91,6 +101,52 @@ def eval_batches(arrays: Batch, global_batch_size: int) -> Iterator[Batch]:
 def to_global(batch: Batch, sharding: NamedSharding) -> dict[str, jax.Array]:
     """Assembles the process-local rows of every process into global arrays sharded by `sharding`."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+# Datasets up to this size are copied once to every device and batches are gathered there (ResidentArrays).
+RESIDENT_MAX_BYTES = 512 * 2**20
+
+
+class ResidentArrays:
+    """A ShuffledArrayLoader's arrays, copied once to every device of `sharding`'s mesh; global batches
+    are gathered on the devices.
+
+    Batch `index` holds exactly the rows of `loader.batch_at(index)`, so training and resume are
+    unchanged; what goes away is each batch's host-side gather and host-to-device copy, which cannot
+    keep up with sub-millisecond steps on a GPU (benchmarks/RESULTS.md). Only the row indices travel,
+    sharded like the batch, so each device gathers its own rows from its copy: no communication.
+    """
+
+    def __init__(self, loader: ShuffledArrayLoader, sharding: NamedSharding):
+        self.loader = loader
+        self.sharding = sharding
+        replicated = NamedSharding(sharding.mesh, PartitionSpec())
+        self.arrays = {
+            k: jax.make_array_from_callback(v.shape, replicated, lambda index, v=v: v[index]) for k, v in loader.arrays.items()
+        }
+        self._gather = jax.jit(
+            lambda arrays, rows: {k: v[rows] for k, v in arrays.items()},
+            in_shardings=(replicated, sharding),
+            out_shardings=sharding,
+        )
+
+    def batch_at(self, index: int) -> dict[str, jax.Array]:
+        """Global batch `index`: {name: [global_batch_size, ...]} sharded like the batch."""
+        rows = self.loader.rows_at(index).astype(np.int32)
+        return self._gather(self.arrays, jax.make_array_from_process_local_data(self.sharding, rows))
+
+
+def resident(loader: Loader) -> bool:
+    """Whether `loader`'s batches are gathered on the devices (ResidentArrays): in-memory arrays up to
+    RESIDENT_MAX_BYTES. Otherwise each process gathers its rows on the host for `to_global`."""
+    return isinstance(loader, ShuffledArrayLoader) and loader.nbytes <= RESIDENT_MAX_BYTES
+
+
+def global_batches(loader: Loader, sharding: NamedSharding) -> Callable[[int], dict[str, jax.Array]]:
+    """index -> global batch sharded by `sharding`, gathered where `resident` says."""
+    if resident(loader):
+        return ResidentArrays(loader, sharding).batch_at
+    return lambda index: to_global(loader.batch_at(index), sharding)
 
 
 def device_prefetch(
@@ -116,8 +172,9 @@ def device_prefetch(
     def produce() -> None:
         index = start_index
         try:
+            batch_at = global_batches(loader, sharding)
             while not stop.is_set():
-                offer(to_global(loader.batch_at(index), sharding))
+                offer(batch_at(index))
                 index += 1
         except BaseException as error:  # surfaced to the consumer, never swallowed
             offer(error)
