@@ -132,14 +132,17 @@ def load_feature_network(path: str | pathlib.Path, model: CNN = CNN()) -> Featur
     return FeatureNetwork(jax.tree.map(jnp.asarray, params), model)
 
 
-def real_data_calibration(network: FeatureNetwork, train_images: np.ndarray, test_images: np.ndarray) -> dict[str, float]:
-    """The real data's own scores, the scale GAN figures are read on (images uint8 [N, 28, 28, 1]).
+def real_data_calibration(
+    network: FeatureNetwork, train_images: np.ndarray, test_statistics: tuple[jax.Array, jax.Array, jax.Array]
+) -> dict[str, float]:
+    """The real data's own scores, the scale GAN figures are read on.
 
+    `test_statistics` is `network.statistics` of the test split and `train_images` uint8 [N, 28, 28, 1].
     real_test_classifier_is: IS of the test split (the ceiling); real_train_classifier_is and
     real_train_classifier_fid: IS and FID to the test split of the first len(test) training images (the floor of FID).
     """
-    test_logits, test_mean, test_cov = network.statistics(test_images.astype(np.float32) / 255.0)
-    train = network.scores(train_images[: len(test_images)].astype(np.float32) / 255.0, (test_mean, test_cov))
+    test_logits, test_mean, test_cov = test_statistics
+    train = network.scores(train_images[: len(test_logits)].astype(np.float32) / 255.0, (test_mean, test_cov))
     return {
         "real_test_classifier_is": float(classifier_score(test_logits)),
         "real_train_classifier_is": train["classifier_is"],

@@ -83,7 +83,7 @@ class GANTask:
         self.train_images = train_images  # uint8 [N, 28, 28, 1], for the real-data calibration
         self.test_images = test_images  # uint8 [N, 28, 28, 1], the FID reference
         self.grid_latents = jax.random.normal(jax.random.key(config.seed), (NUM_GRID_SAMPLES, self.latents))
-        self._reference = None
+        self._test_statistics = None
 
     def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
         g_rng, d_rng = jax.random.split(rng)
@@ -168,17 +168,17 @@ class GANTask:
     def _sample_chunk(self, variables: dict, rng: jax.Array, index: jax.Array) -> jax.Array:
         return self.sample(variables, jax.random.normal(jax.random.fold_in(rng, index), (QUALITY_CHUNK, self.latents)))
 
-    def reference(self) -> tuple[jax.Array, jax.Array]:
-        """Feature (mean, covariance) of the test split, computed once."""
-        if self._reference is None:
-            self._reference = self.feature_network.statistics(self.test_images.astype(np.float32) / 255.0)[1:]
-        return self._reference
+    def test_statistics(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The test split's (logits, feature mean, feature covariance), computed once: the FID reference."""
+        if self._test_statistics is None:
+            self._test_statistics = self.feature_network.statistics(self.test_images.astype(np.float32) / 255.0)
+        return self._test_statistics
 
     def sample_quality(self, variables: dict, rng: jax.Array) -> dict[str, float]:
         """classifier_is and classifier_fid (to the test split) of `num_quality_samples` generator samples."""
         chunks = -(-self.config.num_quality_samples // QUALITY_CHUNK)
         images = jnp.concatenate([self._sample_chunk(variables, rng, i) for i in range(chunks)])
-        return self.feature_network.scores(images[: self.config.num_quality_samples], self.reference())
+        return self.feature_network.scores(images[: self.config.num_quality_samples], self.test_statistics()[1:])
 
     def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
         """A grid of the EMA generator's samples of fixed latents and its classifier-IS/FID.
@@ -193,5 +193,5 @@ class GANTask:
         if final:
             raw = self.sample_quality(local_copy(self.sampling_variables(state, ema=False)), rng)
             metrics.update({f"raw_{k}": v for k, v in raw.items()})
-            metrics.update(real_data_calibration(self.feature_network, self.train_images, self.test_images))
+            metrics.update(real_data_calibration(self.feature_network, self.train_images, self.test_statistics()))
         return metrics
