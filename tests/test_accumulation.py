@@ -9,8 +9,8 @@ import numpy as np
 import scaling_runs
 from experiments import vae_mnist
 from genjax.models.vae import VAE
-from genjax.optim import accumulate_gradients, make_optimizer, optimizer_config
-from genjax.state import apply_gradients, create_train_state
+from genjax.optim import make_optimizer, optimizer_config
+from genjax.state import apply_gradients, create_train_state, single_network_step
 from genjax.tasks.vae import neg_elbo
 
 BATCH = 128
@@ -33,13 +33,7 @@ def test_accumulated_steps_equal_large_batch_steps():
     model = experiment.task.model
     optimizer = make_optimizer(optimizer_config(name="adamw", learning_rate=1e-3, weight_decay=1e-4, grad_clip_norm=50.0), 10)
     batches = [experiment.train_data.batch_at(i) for i in range(3)]
-    grad_fn = jax.value_and_grad(functools.partial(mean_code_loss, model), has_aux=True)
-
-    @functools.partial(jax.jit, static_argnums=3)
-    def step(state, batch, rng, micro_batches):
-        metrics, grads = accumulate_gradients(grad_fn, state.params["model"], batch, rng, micro_batches)
-        state, health = apply_gradients(state, "model", grads, optimizer)
-        return state.replace(step=state.step + 1), {**metrics, **health}
+    step = jax.jit(functools.partial(single_network_step, functools.partial(mean_code_loss, model), optimizer), static_argnums=3)
 
     params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jax.random.key(0))["params"]
     final = {}

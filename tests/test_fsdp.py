@@ -117,16 +117,14 @@ class ClassifierTask:
         params = self.model.init(rng, batch["image"][:1])["params"]  # boxed: the loop reads and removes the names
         return create_train_state({"model": params}, {"model": self.optimizer})
 
-    def loss(self, params, batch):
+    def loss(self, params, batch, rng):
         logits = self.model.apply({"params": params}, batch["image"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), {}
 
     def train_step(self, state, batch, rng):
-        from genjax.state import apply_gradients
+        from genjax.state import single_network_step
 
-        loss, grads = jax.value_and_grad(self.loss)(state.params["model"], batch)
-        state, health = apply_gradients(state, "model", grads, self.optimizer)
-        return state.replace(step=state.step + 1), {"loss": loss, **health}
+        return single_network_step(self.loss, self.optimizer, state, batch, rng)
 
     def eval_step(self, state, batch, rng):
         return {"count": jnp.asarray(batch["image"].shape[0], jnp.float32)}
