@@ -59,3 +59,18 @@ def feature_checkpoint(tmp_path_factory, data_dir) -> pathlib.Path:
 def compile_cache(tmp_path_factory) -> pathlib.Path:
     """One persistent JAX compilation cache for the subprocess runs of the session (faults.environment)."""
     return tmp_path_factory.mktemp("jax_compile_cache")
+
+
+@pytest.fixture
+def family_args(request, data_dir):
+    """model -> the `--config.*` arguments that build a benchmark family (benchmarks.step_throughput.FAMILIES)
+    quickly on the real data: the data dir, the GAN's metric CNN, a small IMDb vocabulary."""
+
+    def args(model: str) -> list[str]:
+        extra = {
+            "dcgan": [f"--config.feature_checkpoint={request.getfixturevalue('feature_checkpoint')}"],
+            "imdb": ["--config.train_examples=256", "--config.test_examples=16"],
+        }.get(model, [])
+        return [f"--config.data_dir={data_dir}", *extra]
+
+    return args

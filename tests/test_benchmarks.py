@@ -43,16 +43,10 @@ def traced_step(module, config) -> tuple:
 
 
 @pytest.mark.parametrize("model", list(step_throughput.FAMILIES))
-def test_every_family_reports_every_field(model, request, capsys, data_dir):
+def test_every_family_reports_every_field(model, family_args, capsys):
     """Every present family at batch 8; the VAE also through the real input pipeline."""
     data = "real" if model == "vae" else "synthetic"
-    extra = {
-        "dcgan": [f"--config.feature_checkpoint={request.getfixturevalue('feature_checkpoint')}"],
-        "imdb": ["--config.train_examples=256", "--config.test_examples=16"],  # a small vocabulary, built fast
-    }.get(model, [])
-    result = run_benchmark(
-        capsys, "--model", model, "--batch-size", str(BATCH), "--steps", "2", "--data", data, f"--config.data_dir={data_dir}", *extra
-    )
+    result = run_benchmark(capsys, "--model", model, "--batch-size", str(BATCH), "--steps", "2", "--data", data, *family_args(model))
 
     assert set(result) == FIELDS
     assert (result["model"], result["batch_size"], result["steps"], result["data"]) == (model, BATCH, 2, data)

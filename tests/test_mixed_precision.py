@@ -26,17 +26,13 @@ def test_unknown_dtype_is_a_clear_error():
 
 
 @pytest.mark.parametrize("model", list(step_throughput.FAMILIES))
-def test_bf16_computes_in_bf16_and_keeps_float32_state(model, request, data_dir):
+def test_bf16_computes_in_bf16_and_keeps_float32_state(model, family_args):
     """Every family with `dtype=bfloat16`: each matmul and convolution of its train step takes bf16
     inputs, while parameters, EMA and optimizer moments stay float32."""
     family = step_throughput.FAMILIES[model]
-    extra = {
-        "dcgan": [f"--config.feature_checkpoint={request.getfixturevalue('feature_checkpoint')}"],
-        "imdb": ["--config.train_examples=256", "--config.test_examples=16"],
-        # The fused kernel's XLA fallback (CPU) takes the attention-score gradient in float32 by design.
-        "charlm_gpu": ["--config.model.attention_kernel=xla"],
-    }.get(model, [])
-    config = step_throughput.make_config(family, 8, "bfloat16", [f"--config.data_dir={data_dir}", *extra])
+    # The fused kernel's XLA fallback (CPU) takes the attention-score gradient in float32 by design.
+    kernel = ["--config.model.attention_kernel=xla"] if model == "charlm_gpu" else []
+    config = step_throughput.make_config(family, 8, "bfloat16", [*family_args(model), *kernel])
     experiment = importlib.import_module(family.module).build(config)
     mesh = sharding.make_mesh(1)
     batch = to_global(experiment.train_data.batch_at(0), sharding.batch_sharding(mesh))
