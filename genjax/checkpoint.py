@@ -72,8 +72,9 @@ def state_fingerprint(state: Any) -> dict[str, list[int]]:
 
 
 def _unretrieved_task_errors(record: logging.LogRecord) -> bool:
-    """A logging filter: False (drop) for asyncio's "Task exception was never retrieved" records."""
-    return not record.getMessage().startswith("Task exception was never retrieved")
+    """A logging filter: False (drop) for asyncio's "<Task, Future or _GatheringFuture> exception was never
+    retrieved" records (asyncio names the future's class first)."""
+    return "exception was never retrieved" not in record.getMessage().split("\n", 1)[0]
 
 
 class Checkpointer:
