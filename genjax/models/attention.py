@@ -51,7 +51,7 @@ def dot_product_attention(
     s, kv_heads = k.shape[1], k.shape[2]
     if kv_heads < n:
         # Query head i reads key/value head i // (n / K). Repeating the K heads keeps one [B, N, T, S] layout
-        # for every head count: a size-1 group axis made XLA:CPU's backward 1.7x slower (benchmarks/RESULTS.md).
+        # for every head count: a size-1 group axis made XLA:CPU's forward + backward 1.6x slower (benchmarks/RESULTS.md).
         k, v = jnp.repeat(k, n // kv_heads, axis=2), jnp.repeat(v, n // kv_heads, axis=2)
     logits = jnp.einsum("btnd,bsnd->bnts", q * jnp.asarray(d**-0.5, q.dtype), k).astype(jnp.float32)
     allowed = jnp.ones((t, s), bool) if mask is None else jnp.broadcast_to(mask, (b, t, s))[:, None]
