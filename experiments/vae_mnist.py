@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "mnist"
     config.grad_accum_steps = 1  # micro-batches per step (same update, 1/k of the activation memory)
     config.iwae_samples = 1000  # IWAE bound at the end; 0 skips it
-    config.model = ml_collections.ConfigDict(dict(kind="mlp", hidden=500, latents=20))
+    config.model = ml_collections.ConfigDict(dict(kind="mlp", hidden=500, latents=20, upsample="subpixel"))  # the conv decoder's; or "transpose"
     config.data = ml_collections.ConfigDict(dict(binarization="dynamic", augment=False))
     config.optimizer = optimizer_config(
         name="adam", learning_rate=1.5e-3, schedule="warmup_cosine", warmup_steps=200, end_lr_factor=0.02

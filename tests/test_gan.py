@@ -15,7 +15,8 @@ import pytest
 from experiments import gan_mnist
 from genjax.errors import GenjaxError
 from genjax.metrics_log import read_metrics
-from genjax.models.gan import Discriminator, Generator, depth_to_space
+from genjax.models.gan import Discriminator, Generator
+from genjax.models.upsample import depth_to_space
 from genjax.tasks.gan import (
     hinge_discriminator_loss,
     hinge_generator_loss,

@@ -53,10 +53,10 @@ def test_iwae_bound_is_tighter_than_the_elbo(data_dir):
     assert iwae > mean_elbo  # the k-sample bound is above the one-sample ELBO, even untrained
 
 
-@pytest.mark.parametrize("kind", ["mlp", "conv"])
-def test_train_step_lowers_the_loss_on_real_batches(kind, data_dir):
+@pytest.mark.parametrize("kind, upsample", [("mlp", "transpose"), ("conv", "transpose"), ("conv", "subpixel")])
+def test_train_step_lowers_the_loss_on_real_batches(kind, upsample, data_dir):
     config = tiny_config(batch_size=64)
-    config.model.kind = kind
+    config.model.kind, config.model.upsample = kind, upsample
     config.optimizer.warmup_steps = 0
     experiment = vae_mnist.build(config)
     mesh = sharding.make_mesh(1)

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genjax.models.upsample import Upsample
+
 IMAGE_SHAPE = (28, 28, 1)
 
 
@@ -55,10 +57,15 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """[B, latents] -> dense 7x7 -> two stride-2 transposed convs -> logits [B, 28, 28, 1]."""
+    """[B, latents] -> dense 7x7 -> two 2x upsamplings (14x14, 28x28) -> logits [B, 28, 28, 1].
+
+    `upsample`: "subpixel" (3x3 convolutions to 4x the channels, then depth-to-space;
+    genjax/models/upsample.py) or "transpose" (3x3 stride-2 transposed convolutions).
+    """
 
     features: int = 32
     hidden: int = 256
+    upsample: str = "subpixel"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -66,21 +73,22 @@ class ConvDecoder(nn.Module):
         h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(z))
         h = nn.relu(nn.Dense(7 * 7 * 2 * self.features, dtype=self.dtype, name="project")(h))
         h = h.reshape(z.shape[0], 7, 7, 2 * self.features)
-        h = nn.relu(nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), dtype=self.dtype, name="up1")(h))
-        h = nn.relu(nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), dtype=self.dtype, name="up2")(h))
+        for name in ("up1", "up2"):
+            h = nn.relu(Upsample(self.features, self.upsample, transpose_kernel=3, dtype=self.dtype, name=name)(h))
         return nn.Conv(1, (3, 3), dtype=self.dtype, name="logits")(h)
 
 
 class VAE(nn.Module):
     """Gaussian encoder q(z|x), Bernoulli decoder p(x|z), standard normal prior.
 
-    `kind` is "mlp" (784-hidden-latents, the classic) or "conv". The networks compute in
-    `dtype`; means, log-variances, latents and logits are float32.
+    `kind` is "mlp" (784-hidden-latents, the classic) or "conv"; `upsample` is the conv decoder's
+    (see ConvDecoder). The networks compute in `dtype`; means, log-variances, latents and logits are float32.
     """
 
     kind: str = "mlp"
     hidden: int = 500
     latents: int = 20
+    upsample: str = "subpixel"
     dtype: jnp.dtype = jnp.float32
 
     def setup(self) -> None:
@@ -89,7 +97,7 @@ class VAE(nn.Module):
             self.decoder = MLPDecoder(self.hidden, self.dtype)
         elif self.kind == "conv":
             self.encoder = ConvEncoder(hidden=self.hidden, latents=self.latents, dtype=self.dtype)
-            self.decoder = ConvDecoder(hidden=self.hidden, dtype=self.dtype)
+            self.decoder = ConvDecoder(hidden=self.hidden, upsample=self.upsample, dtype=self.dtype)
         else:
             raise ValueError(f"unknown VAE kind '{self.kind}'; choose 'mlp' or 'conv'")
 

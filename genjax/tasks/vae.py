@@ -75,7 +75,11 @@ class VAETask:
     def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, test_images: np.ndarray):
         self.config = config
         self.model = VAE(
-            kind=config.model.kind, hidden=config.model.hidden, latents=config.model.latents, dtype=compute_dtype(config.dtype)
+            kind=config.model.kind,
+            hidden=config.model.hidden,
+            latents=config.model.latents,
+            upsample=config.model.upsample,
+            dtype=compute_dtype(config.dtype),
         )
         self.optimizer = optimizer
         self.test_images = test_images  # uint8 0/255, the fixed binarisation of the test split
