@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from genjax.models import attention
 from genjax.models.attention import dot_product_attention, rotary
 from genjax.models.transformer import DecoderLM, EncoderClassifier
 from genjax.sampling import generate, sample_token
@@ -63,6 +64,23 @@ def test_xla_and_fused_kernels_agree():
             np.testing.assert_allclose(out_xla, out_fused, atol=1e-5)
             np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
             assert float(jnp.where(mask[:, None], 0.0, weights).max()) == 0.0  # masked keys get no weight
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_blocked_kernel_gives_the_xla_values_and_gradients(monkeypatch, kv_heads):
+    monkeypatch.setattr(attention, "BLOCK_SCORES", 2 * 4 * 16 * 16)  # two rows per block: a batch of 6 makes 3 blocks
+    keys = jax.random.split(jax.random.key(2), 4)
+    q = jax.random.normal(keys[0], (6, 16, 4, 8))
+    k, v = (jax.random.normal(key, (6, 16, kv_heads, 8)) for key in keys[1:3])
+    mask = jax.random.bernoulli(keys[3], 0.7, (6, 1, 16)).at[:, :, 0].set(True)
+    weights = jax.random.normal(keys[0], q.shape)  # a loss that tells rows apart
+    for causal in (True, False):
+        def loss(q, k, v, kernel):
+            return jnp.sum(weights * dot_product_attention(q, k, v, causal=causal, mask=mask, kernel=kernel)[0])
+
+        xla = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, "xla")
+        blocked = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, "blocked")
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), xla, blocked)
 
 
 def test_whole_models_agree_across_kernels():

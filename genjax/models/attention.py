@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from genjax.errors import GenjaxError
 
-KERNELS = ("xla", "fused")
+KERNELS = ("xla", "blocked", "fused")
+BLOCK_SCORES = 2**20  # attention scores per block of the "blocked" kernel: 4 MiB in float32, cache-sized (benchmarks/RESULTS.md)
 POSITIONS = ("rotary", "learned")
 
 Dtype = Any
@@ -37,7 +38,8 @@ def dot_product_attention(
       q: [B, T, N, D]; k, v: [B, S, K, D].
       causal: query t sees keys s <= t (needs T == S).
       mask: bool, broadcastable to [B, T, S]; True where a key may be seen (padding, cache slots).
-      kernel: "xla" (einsums, softmax in float32; returns the weights) or "fused"
+      kernel: "xla" (einsums, softmax in float32; returns the weights), "blocked" (the same over blocks
+        of batch rows, for long sequences on CPU: see `blocked_attention`; no weights) or "fused"
         (`jax.nn.dot_product_attention`: cuDNN flash attention on GPU; no weights).
     Returns:
       (out [B, T, N, D], weights [B, N, T, S] float32 or None).
@@ -45,8 +47,17 @@ def dot_product_attention(
     if kernel == "fused":
         fused_mask = None if mask is None else jnp.broadcast_to(mask, (q.shape[0], q.shape[1], k.shape[1]))[:, None]
         return jax.nn.dot_product_attention(q, k, v, mask=fused_mask, is_causal=causal), None
+    if kernel == "blocked":
+        return blocked_attention(q, k, v, causal=causal, mask=mask), None
     if kernel != "xla":
         raise GenjaxError(f"unknown attention kernel '{kernel}'; choose one of {KERNELS}")
+    return einsum_attention(q, k, v, causal=causal, mask=mask)
+
+
+def einsum_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """The "xla" kernel: (out [B, T, N, D], weights [B, N, T, S] float32); arguments as in `dot_product_attention`."""
     b, t, n, d = q.shape
     s, kv_heads = k.shape[1], k.shape[2]
     if kv_heads < n:
@@ -60,6 +71,32 @@ def dot_product_attention(
     logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1)
     return jnp.einsum("bnts,bsnd->btnd", weights.astype(v.dtype), v), weights
+
+
+def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mask: jax.Array | None) -> jax.Array:
+    """`einsum_attention` over blocks of batch rows: out [B, T, N, D]; arguments as in `dot_product_attention`.
+
+    A block holds at most about BLOCK_SCORES scores (at least one row), so that its scores stay in
+    cache, and the backward pass recomputes them instead of reading stored ones (`jax.checkpoint`).
+    With C blocks, block c holds rows c, c + C, c + 2C, ...: a batch split over devices in contiguous
+    ranges stays split the same way within every block.
+    """
+    b, t, n, _ = q.shape
+    rows = max(1, BLOCK_SCORES // (n * t * k.shape[1]))
+    num_blocks = next(c for c in range(-(-b // rows), b + 1) if b % c == 0)
+    mask = jnp.ones((1, 1, 1), bool) if mask is None else mask
+    mask = jnp.broadcast_to(mask, jnp.broadcast_shapes(mask.shape, (b, 1, 1)))
+
+    def to_blocks(x: jax.Array) -> jax.Array:  # [B, ...] -> [C, B / C, ...]
+        return x.reshape(b // num_blocks, num_blocks, *x.shape[1:]).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def attend(block: tuple[jax.Array, ...]) -> jax.Array:
+        q_block, k_block, v_block, mask_block = block
+        return einsum_attention(q_block, k_block, v_block, causal=causal, mask=mask_block)[0]
+
+    out = jax.lax.map(attend, tuple(to_blocks(x) for x in (q, k, v, mask)))
+    return out.swapaxes(0, 1).reshape(q.shape)
 
 
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
