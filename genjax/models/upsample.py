@@ -24,8 +24,9 @@ class Upsample(nn.Module):
     """2x spatial upsampling to `features` channels: [B, H, W, C] -> [B, 2H, 2W, features].
 
     "transpose": a stride-2 transposed convolution with a `transpose_kernel` square kernel.
-    "subpixel": a 3x3 convolution to 4*features channels, then depth_to_space (Shi et al. 2016);
-    the same function class, and several times cheaper on CPU, where XLA's transposed convolutions are slow.
+    "subpixel": a 3x3 convolution to 4*features channels, then depth_to_space (Shi et al. 2016). On CPU,
+    where XLA's transposed convolutions are slow, it is the faster choice: 7x for the DCGAN's 4x4 layers,
+    1.3-1.6x for the conv VAE's whole step (benchmarks/RESULTS.md).
     """
 
     features: int
