@@ -54,7 +54,8 @@ def test_every_family_reports_every_field(model, family_args, capsys):
     assert 0 < result["step_ms_median"] <= result["step_ms_p90"]
     assert result["examples_per_s"] == pytest.approx(BATCH / result["step_ms_median"] * 1e3)
     assert result["tflops_per_s"] == pytest.approx(result["flops_per_step"] / result["step_ms_median"] / 1e9)
-    assert 0 < result["executed_flops_per_step"] <= result["flops_per_step"]  # autodiff skips unneeded gradients
+    # Autodiff skips unneeded gradients; a rematerialised forward (the "blocked" attention of imdb) adds at most one forward.
+    assert 0 < result["executed_flops_per_step"] <= result["flops_per_step"] * 4 / 3
     assert 0 < result["mfu"] and result["peak_tflops_per_s"] > 0 and result["compile_s"] > 0
     assert (result["platform"], result["peak_source"], result["dtype"], result["num_devices"]) == ("cpu", "measured_matmul", "float32", 1)
     assert result["synthetic_step_ms_median"] > 0
