@@ -1,5 +1,8 @@
 """The one exception type genjax raises for bad input, with the fix in its message."""
 
+import os
+import re
+
 
 class GenjaxError(Exception):
     """A user-facing error: the message names the bad value and how to fix it.
@@ -9,8 +12,29 @@ class GenjaxError(Exception):
     """
 
 
+def os_reason(error: BaseException) -> str | None:
+    """The operating system's reason behind `error` or the errors it came from ("No space left on device"), if any.
+
+    Reads an `OSError` in the chain, or the `os_error_code='28'` that tensorstore writes into its messages.
+    """
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        code = re.search(r"os_error_code='?(\d+)", str(current))
+        if code:
+            return os.strerror(int(code.group(1)))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def first_line(error: BaseException) -> str:
-    """`Type: first line`, shortened to its start and its end (where tensorstore puts the OS error)."""
+    """`Type: first line`, shortened to its start and its end, and naming the OS reason (`os_reason`) if it was cut."""
     lines = str(error).strip().splitlines()
     line = lines[0] if lines else ""
-    return f"{type(error).__name__}: {line if len(line) <= 300 else line[:150] + ' ... ' + line[-150:]}"
+    if len(line) > 300:
+        line = line[:150] + " ... " + line[-150:]
+    reason = os_reason(error)
+    if reason and reason not in line:
+        line += f" [OS error: {reason}]"
+    return f"{type(error).__name__}: {line}"

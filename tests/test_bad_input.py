@@ -19,6 +19,7 @@ import pytest
 
 import faults
 from experiments import vae_mnist
+from genjax.errors import first_line
 
 VAE = "experiments.vae_mnist"
 TINY = dict(num_train_steps=20, checkpoint_every=10, log_every=10)
@@ -173,6 +174,23 @@ def _can_mount_tmpfs(mount_point: pathlib.Path) -> bool:
     return probe is not None and probe.returncode == 0
 
 
+def test_error_lines_name_the_os_reason_even_when_shortened():
+    tensorstore_style = (
+        'RESOURCE_EXHAUSTED: Error writing "params/0.0" in OCDBT database at local file "' + "/deep" * 60 + '": '
+        "Failed to write 140380 bytes to file 17: No space left on device [os_error_code='28'] "
+        "[source locations='" + "tensorstore/kvstore/file/file_key_value_store.cc:123 " * 8 + "']"
+    )
+    line = first_line(ValueError(tensorstore_style))
+    assert line.endswith("[OS error: No space left on device]") and len(line) < 400
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as disk_full:
+            raise RuntimeError("Event loop is closed") from disk_full
+    except RuntimeError as chained:
+        assert first_line(chained) == "RuntimeError: Event loop is closed [OS error: No space left on device]"
+
+
 def test_disk_full_while_saving_keeps_the_previous_checkpoints(workdir_copy, tmp_path, compile_cache):
     """The workdir sits on a private tmpfs with ~3 MB free: the step-30 checkpoint (~8 MB) cannot be written."""
     mount_point, result = tmp_path / "mnt", tmp_path / "after"
@@ -190,7 +208,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoints(workdir_copy, tmp
     done = faults.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], faults.environment(compile_cache))
     line = error_line(done, orbax_logs_traceback=True)
     assert f"writing checkpoint {mount_point / 'run' / 'checkpoints' / '30'} failed" in line
-    assert "No space left on device" in line
+    assert "No space left on device" in line, done.stderr[-3000:]
     assert "free disk space" in line
     assert faults.committed_steps(result) == [10, 20]
     after = faults.tree_snapshot(result / "checkpoints")
