@@ -1,4 +1,5 @@
-"""The one exception type genjax raises for bad input, with the fix in its message."""
+"""The one exception type genjax raises for bad input, with the fix in its message, and the helpers that
+put a caught error's cause into that message in one line."""
 
 import os
 import re
@@ -18,7 +19,9 @@ def os_reason(error: BaseException) -> str | None:
     Reads an `OSError` in the chain, or the `os_error_code='28'` that tensorstore writes into its messages.
     """
     current: BaseException | None = error
-    while current is not None:
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:  # a context chain can loop back
+        seen.add(id(current))
         if isinstance(current, OSError) and current.strerror:
             return current.strerror
         code = re.search(r"os_error_code='?(\d+)", str(current))

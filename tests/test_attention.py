@@ -69,11 +69,11 @@ def test_xla_and_fused_kernels_agree():
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_blocked_kernel_gives_the_xla_values_and_gradients(monkeypatch, kv_heads):
     monkeypatch.setattr(attention, "BLOCK_SCORES", 2 * 4 * 16 * 16)  # two rows per block: a batch of 6 makes 3 blocks
-    keys = jax.random.split(jax.random.key(2), 4)
+    keys = jax.random.split(jax.random.key(2), 5)
     q = jax.random.normal(keys[0], (6, 16, 4, 8))
     k, v = (jax.random.normal(key, (6, 16, kv_heads, 8)) for key in keys[1:3])
     mask = jax.random.bernoulli(keys[3], 0.7, (6, 1, 16)).at[:, :, 0].set(True)
-    weights = jax.random.normal(keys[0], q.shape)  # a loss that tells rows apart
+    weights = jax.random.normal(keys[4], q.shape)  # a loss that tells rows apart
     for causal in (True, False):
         def loss(q, k, v, kernel):
             return jnp.sum(weights * dot_product_attention(q, k, v, causal=causal, mask=mask, kernel=kernel)[0])
