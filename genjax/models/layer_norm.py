@@ -1,0 +1,61 @@
+"""Layer normalisation over the last axis with a hand-written backward pass: the norm of the transformer blocks.
+
+Same function, parameters ('scale', 'bias') and epsilon as `flax.linen.LayerNorm`, statistics in
+float32. The backward pass is the closed-form gradient instead of autodiff's, which launches fewer
+fusions on XLA:CPU; with rotary's (genjax/models/attention.py) the char LM's CPU step is 5-8 % faster
+(benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+EPSILON = 1e-6  # flax.linen.LayerNorm's default
+
+
+@jax.custom_vjp
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+    """float32 x [..., E], scale [E], bias [E] -> (x - mean) / sqrt(var + EPSILON) * scale + bias, [..., E]."""
+    return _forward(x, scale, bias)[0]
+
+
+def _forward(x: jax.Array, scale: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    mean = x.mean(-1, keepdims=True)
+    variance = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
+    inv_std = jax.lax.rsqrt(variance + EPSILON)
+    normed = (x - mean) * inv_std
+    return normed * scale + bias, (normed, inv_std, scale)
+
+
+def _backward(residuals: tuple[jax.Array, ...], grad: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    normed, inv_std, scale = residuals
+    grad_normed = grad * scale
+    grad_x = inv_std * (
+        grad_normed - grad_normed.mean(-1, keepdims=True) - normed * (grad_normed * normed).mean(-1, keepdims=True)
+    )
+    rows = tuple(range(grad.ndim - 1))
+    return grad_x, (grad * normed).sum(rows), grad.sum(rows)
+
+
+layer_norm.defvjp(_forward, _backward)
+
+
+class LayerNorm(nn.Module):
+    """x [..., E] -> `layer_norm` of x in `dtype`; computed in float32 whatever the input dtype."""
+
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        f32 = jnp.float32
+        return layer_norm(x.astype(f32), scale.astype(f32), bias.astype(f32)).astype(self.dtype)
