@@ -7,9 +7,21 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
+from genjax.launch import process_env
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# What the tests pin so that they check the same math on a GPU as on the CPU (neither changes anything there):
+# - float32 matmuls and convolutions in full float32: XLA:GPU's default runs them in TF32 (a 10-bit
+#   mantissa, errors near 1e-3), a speed setting rather than the math under test;
+# - deterministic GPU kernels (scatter-adds without atomics, fixed cuDNN algorithms), without which two runs
+#   of one step differ by rounding and "resume is bit-identical" cannot hold. Read when the backend starts,
+#   so set here, before any test touches a device; subprocesses inherit it.
+jax.config.update("jax_default_matmul_precision", "highest")
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
 
 if not os.environ.get("TFDS_DATA_DIR") and (REPO.parent / "shared" / "tfds").is_dir():
     os.environ["TFDS_DATA_DIR"] = str(REPO.parent / "shared" / "tfds")
@@ -21,6 +33,11 @@ def data_dir() -> str:
     if not pathlib.Path(directory, "mnist").is_dir():
         pytest.fail(f"prepared TFDS data not found: set TFDS_DATA_DIR (now {directory!r}) to the folder holding mnist/")
     return directory
+
+
+def emulated_cpu_env(devices: int) -> dict[str, str]:
+    """This environment with `devices` emulated CPU devices, on the CPU even where a GPU is present."""
+    return {**process_env(devices), "JAX_PLATFORMS": "cpu"}
 
 
 def run_module(module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -17,7 +17,8 @@ import tempfile
 import time
 
 from experiments import vae_mnist
-from genjax.launch import process_commands, process_env
+from conftest import emulated_cpu_env
+from genjax.launch import process_commands
 from genjax.metrics_log import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def vae_config(steps: int, **extra):
 
 def run_single(workdir: pathlib.Path, steps: int, devices: int) -> subprocess.CompletedProcess:
     """One process with `devices` emulated CPU devices."""
-    return subprocess.run(vae_args(workdir, steps), cwd=REPO, env=process_env(devices),
+    return subprocess.run(vae_args(workdir, steps), cwd=REPO, env=emulated_cpu_env(devices),
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
@@ -62,7 +63,7 @@ def run_two_processes(workdir: pathlib.Path, steps: int) -> list[tuple[int, str]
     """Two processes x 2 devices joined on 127.0.0.1; [(exit status, output)] per process (killed at the timeout)."""
     logs = [tempfile.TemporaryFile("w+") for _ in range(2)]
     processes = [
-        subprocess.Popen(command, cwd=REPO, env=process_env(2), stdout=log, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(command, cwd=REPO, env=emulated_cpu_env(2), stdout=log, stderr=subprocess.STDOUT, text=True)
         for command, log in zip(process_commands(vae_args(workdir, steps), 2), logs)
     ]
     deadline = time.monotonic() + RUN_TIMEOUT_S

@@ -70,5 +70,7 @@ def test_vae_step_accumulates_its_own_micro_batch_gradients():
     grads = jax.tree.map(lambda *g: sum(g) / MICRO_BATCHES, *[g for _, g in results])
     expected, _ = apply_gradients(state, "model", grads, task.optimizer)
     np.testing.assert_allclose(metrics["loss"], np.mean([loss for (loss, _), _ in results]), rtol=1e-5)
+    # atol: Adam's first update is lr * g / (|g| + eps), so where a gradient is near zero the summation order
+    # (one batch or four micro-batches) moves it by more than g's own rounding (7.5e-7 once in 392,000 on a GPU).
     for a, b in zip(jax.tree.leaves(stepped.params), jax.tree.leaves(expected.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

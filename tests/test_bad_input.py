@@ -18,6 +18,7 @@ import sys
 import pytest
 
 import faults
+from conftest import emulated_cpu_env
 from experiments import vae_mnist
 from genjax.errors import first_line
 
@@ -128,8 +129,7 @@ def test_bad_command_line(override, fragments, tmp_path, compile_cache):
 
 
 def test_batch_size_not_divisible_by_the_devices(tmp_path, compile_cache):
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    line = error_line(run_vae(tmp_path / "w", compile_cache, env=env, batch_size=33))
+    line = error_line(run_vae(tmp_path / "w", compile_cache, env=emulated_cpu_env(2), batch_size=33))
     assert "batch_size=33" in line and "not divisible" in line and "2 devices" in line
     assert faults.committed_steps(tmp_path / "w") == []
 

@@ -13,7 +13,8 @@ import pytest
 import scaling_runs
 from genjax import distributed
 from genjax.errors import GenjaxError
-from genjax.launch import process_commands, process_env, start_processes
+from conftest import emulated_cpu_env
+from genjax.launch import process_commands, start_processes
 from genjax.metrics_log import read_metrics
 
 DEATH_BOUND_S = 90  # heartbeat timeout below (10 s) plus start-up slack on a loaded machine
@@ -84,7 +85,7 @@ def test_a_dead_process_stops_the_job_with_a_clear_error(tmp_path):
     command = [*scaling_runs.vae_args(tmp_path, 100_000), "--heartbeat_timeout_s", "10"]
     logs = [tempfile.TemporaryFile("w+") for _ in range(2)]
     processes = [
-        subprocess.Popen(c, cwd=scaling_runs.REPO, env=process_env(2), stdout=log, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(c, cwd=scaling_runs.REPO, env=emulated_cpu_env(2), stdout=log, stderr=subprocess.STDOUT, text=True)
         for c, log in zip(process_commands(command, 2), logs)
     ]
     survivor = processes[1 - victim]
@@ -110,15 +111,16 @@ def test_a_dead_process_stops_the_job_with_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_char_lm_two_processes_match_one_process_with_four_devices(tmp_path):
+def test_char_lm_two_processes_match_one_process_with_four_devices(tmp_path, monkeypatch):
     def args(workdir):
         return [sys.executable, "-m", "experiments.charlm_shakespeare", "--workdir", str(workdir),
                 "--config.num_train_steps=4", "--config.log_every=1", "--config.model.num_layers=2",
                 "--config.optimizer.warmup_steps=0", "--config.sample.length=20"]
 
-    single = subprocess.run(args(tmp_path / "one"), cwd=scaling_runs.REPO, env=process_env(4),
+    single = subprocess.run(args(tmp_path / "one"), cwd=scaling_runs.REPO, env=emulated_cpu_env(4),
                             capture_output=True, text=True, timeout=scaling_runs.RUN_TIMEOUT_S)
     assert single.returncode == 0, single.stderr[-3000:]
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # start_processes emulates CPU devices, also where a GPU is present
     processes = start_processes(args(tmp_path / "two"), 2, devices_per_process=2, cwd=scaling_runs.REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outputs = [p.communicate(timeout=scaling_runs.RUN_TIMEOUT_S)[0] for p in processes]

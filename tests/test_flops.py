@@ -17,7 +17,10 @@ from genjax.errors import GenjaxError
 
 
 def xla_flops(fn, *args) -> float:
-    return jax.jit(fn).lower(*args).compile().cost_analysis()["flops"]
+    """XLA's FLOP count of `fn`, compiled for the CPU: XLA:GPU hands convolutions to cuDNN custom calls,
+    which its cost analysis does not count (it reports -1 for the whole program)."""
+    on_cpu = jax.device_put(args, jax.devices("cpu")[0])
+    return jax.jit(fn).lower(*on_cpu).compile().cost_analysis()["flops"]
 
 
 def init_apply(module: nn.Module, *inputs):

@@ -20,6 +20,7 @@ import optax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
+from conftest import emulated_cpu_env
 from genjax import sharding
 from genjax.errors import GenjaxError
 
@@ -201,9 +202,7 @@ def four_device_report(workdir: pathlib.Path) -> dict:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("fsdp")
-    from genjax.launch import process_env
-
-    result = subprocess.run([sys.executable, __file__, str(out)], cwd=REPO, env={**process_env(4), "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"},
+    result = subprocess.run([sys.executable, __file__, str(out)], cwd=REPO, env={**emulated_cpu_env(4), "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"},
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads((out / "report.json").read_text())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import transformer_imdb
 from genjax.errors import GenjaxError
 from genjax.metrics_log import read_metrics
-from genjax.tasks.text_classifier import binary_metrics, roc_curve
+from genjax.tasks.text_classifier import binary_metrics, model_from_config, roc_curve
 
 from conftest import run_module
 
@@ -24,6 +25,14 @@ def test_binary_metrics_on_known_inputs():
     assert mixed["roc_auc"] == pytest.approx(8 / 9)  # 8 of the 9 (pos, neg) pairs ranked right
     fpr, tpr = roc_curve(np.array([0.9, 0.4, 0.6, 0.2, 0.8, 0.1]), labels)
     assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0 and np.all(np.diff(fpr) >= 0)
+
+
+def test_the_default_attention_kernel_is_the_platform_s_faster_one():
+    config = transformer_imdb.get_config()
+    assert config.model.attention_kernel == "auto"
+    assert model_from_config(config, vocab_size=100).attention_kernel == ("blocked" if jax.default_backend() == "cpu" else "xla")
+    config.model.attention_kernel = "fused"
+    assert model_from_config(config, vocab_size=100).attention_kernel == "fused"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from genjax.data.loader import to_global
 from genjax.metrics_log import read_metrics
 from genjax.tasks.vae import gaussian_kl, iwae_log_likelihood, neg_elbo
 
-from conftest import REPO, run_module
+from conftest import REPO, emulated_cpu_env, run_module
 
 
 def tiny_config(**overrides):
@@ -129,7 +129,7 @@ SHARDED_RUN = textwrap.dedent(
 def test_eight_device_mesh_matches_one_device(data_dir):
     result = subprocess.run(
         [sys.executable, "-c", SHARDED_RUN], cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+        env=emulated_cpu_env(8),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
