@@ -9,8 +9,8 @@ Recipes (`--config.recipe` picks the base; every field stays overridable):
        2000 iters). Hardware: 2-core x86-64 CPU. Measured: validation loss 1.796 at step 1000 and 1.626 nats/char
        (2.35 bits) at step 2000; 2 min 27 s for the whole command on a quiet machine. See README.md.
   gpu  6 layers, 6 heads, width 384, context 256, batch 64, dropout 0.2, 5000 iters, bfloat16, fused attention
-       (nanoGPT's best val loss with it: 1.4697). Measured on one H100: best validation loss 1.414 nats/char at
-       step 1000, then it overfits (1.887 at step 5000, as nanoGPT's run does); 107 steps/s, 1 min 46 s in all.
+       (nanoGPT's best val loss with it: 1.4697). Measured on one H100: best validation loss 1.419 nats/char at
+       step 1000, then it overfits (1.871 at step 5000, as nanoGPT's run does); 106 steps/s, 100 s in all.
 Loss is in nats per character (`loss`), also reported as `bits_per_char`; samples go to <workdir>/samples/.
 """
 
