@@ -138,30 +138,59 @@ def summary(seconds: list[float]) -> dict[str, float]:
     return {"step_ms_median": float(np.median(ms)), "step_ms_p90": float(np.percentile(ms, 90))}
 
 
+@dataclasses.dataclass
+class StepSetup:
+    """One family's experiment, ready to time: a fresh state and the jitted train step on one mesh."""
+
+    config: ml_collections.ConfigDict
+    mesh: Any
+    experiment: Experiment
+    batch: dict  # the first training batch, device-resident and sharded
+    abstract_state: Any
+    state: TrainState
+    train_step: Callable
+    train_rng: jax.Array
+
+
+def set_up(family: Family, config: ml_collections.ConfigDict, bound: bool = False) -> StepSetup:
+    """Builds the experiment of `config`, its mesh, a fresh state and its train step, as the experiments do."""
+    mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
+    sharding_lib.check_batch_size(config.batch_size, mesh)
+    if bound and mesh.devices.size > 1:
+        raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {mesh.devices.size}")
+    experiment: Experiment = importlib.import_module(family.module).build(config)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    batch = to_global(experiment.train_data.batch_at(0), sharding_lib.batch_sharding(mesh))
+    abstract_state, state_shardings = loop.state_layout(experiment.task, mesh, init_rng, batch)
+    state = loop.init_state(experiment.task, state_shardings, init_rng, batch)
+    train_step, _ = loop.compile_steps(experiment.task, mesh, state_shardings, config.skip_nonfinite)
+    return StepSetup(config, mesh, experiment, batch, abstract_state, state, train_step, train_rng)
+
+
+def check_sizes(steps: int, batch_size: int) -> None:
+    if steps < 1 or batch_size < 1:
+        raise GenjaxError(f"--steps ({steps}) and --batch-size ({batch_size}) must be >= 1")
+
+
+def family_of(model: str) -> Family:
+    if model not in FAMILIES:
+        raise GenjaxError(f"unknown --model '{model}'; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[model]
+
+
 def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", data: str = "synthetic",
               config_args: Sequence[str] = (), bound: bool = False) -> dict[str, Any]:
     """Times `steps` train steps of family `model`; returns the figures of the JSON line.
 
     With `bound`, also the step's matmul-only bound (benchmarks/matmul_bound.py), on one device only.
     """
-    if model not in FAMILIES:
-        raise GenjaxError(f"unknown --model '{model}'; choose one of {sorted(FAMILIES)}")
-    if steps < 1 or batch_size < 1:
-        raise GenjaxError(f"--steps ({steps}) and --batch-size ({batch_size}) must be >= 1")
-    family = FAMILIES[model]
+    family = family_of(model)
+    check_sizes(steps, batch_size)
     config = make_config(family, batch_size, dtype, config_args)
-    mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
-    sharding_lib.check_batch_size(batch_size, mesh)
-    if bound and mesh.devices.size > 1:
-        raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {mesh.devices.size}")
-    experiment: Experiment = importlib.import_module(family.module).build(config)
-    task = experiment.task
+    setup = set_up(family, config, bound)
+    mesh, experiment, batch, abstract_state = setup.mesh, setup.experiment, setup.batch, setup.abstract_state
+    state, train_step, train_rng, task = setup.state, setup.train_step, setup.train_rng, setup.experiment.task
     data_sharding = sharding_lib.batch_sharding(mesh)
-    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    batch = to_global(experiment.train_data.batch_at(0), data_sharding)
-    abstract_state, state_shardings = loop.state_layout(task, mesh, init_rng, batch)
-    state = loop.init_state(task, state_shardings, init_rng, batch)
-    train_step, _ = loop.compile_steps(task, mesh, state_shardings, config.skip_nonfinite)
 
     model_flops, executed_flops = step_flops(family, task, abstract_state, batch, train_rng)
 

@@ -14,7 +14,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from benchmarks import matmul_bound, peaks, step_throughput, sweep
+from benchmarks import compare, matmul_bound, peaks, step_throughput, sweep
 from conftest import emulated_cpu_env, run_module
 from genjax import cli, flops, loop, sharding
 from genjax.data.loader import to_global
@@ -141,6 +141,33 @@ def test_bad_arguments_are_clear_errors(capsys):
     with pytest.raises(SystemExit):
         cli.run_main(step_throughput.main, ["--model", "vae", "--batch-size", "8", "--config.no_such_key=1"])
     assert "unknown config key 'no_such_key'" in capsys.readouterr().err
+
+
+def test_compare_times_variants_in_one_process_and_shows_which_compute_the_same_function(capsys, data_dir):
+    compare.main(["--model", "vae", "--batch-size", str(BATCH), "--steps", "4", "--rounds", "2", f"--config.data_dir={data_dir}",
+                  "--variant", "plain", "--variant", "skipping", "--config.skip_nonfinite=True",
+                  "--variant", "faster_lr", "--config.optimizer.learning_rate=0.01"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["model"], result["batch_size"], result["rounds"], result["steps_per_window"]) == ("vae", BATCH, 2, 2)
+    plain, skipping, faster_lr = result["variants"]
+    assert [v["name"] for v in result["variants"]] == ["plain", "skipping", "faster_lr"]
+    assert skipping["args"] == ["--config.skip_nonfinite=True"] and plain["args"] == []
+    for v in result["variants"]:
+        assert 0 < v["step_ms_min"] <= v["step_ms_p25"] <= v["step_ms_median"] <= v["step_ms_p75"]
+        assert v["relative_to_first"] == pytest.approx(v["step_ms_median"] / plain["step_ms_median"])
+        assert v["mfu"] > 0 and v["compile_s"] > 0 and v["flops_per_step"] == plain["flops_per_step"]
+    assert plain["metrics_after_3_steps"] == skipping["metrics_after_3_steps"]  # the same function, compiled apart
+    assert faster_lr["metrics_after_3_steps"]["param_norm"] != plain["metrics_after_3_steps"]["param_norm"]
+
+
+@pytest.mark.parametrize("variants, message", [
+    ([], "at least two variants"),
+    (["--variant", "a", "--variant", "a"], "distinct names"),
+    (["--variant", "--config.seed=1"], "--variant needs a name"),
+])
+def test_compare_refuses_unclear_variants(variants, message):
+    with pytest.raises(GenjaxError, match=message):
+        compare.split_variants(["--config.seed=0", *variants])
 
 
 def test_sweep_over_emulated_devices_writes_csv_and_plot(tmp_path, data_dir, monkeypatch):
