@@ -152,7 +152,7 @@ def variant_figures(v: Variant, args: Sequence[str], baseline_s: float) -> dict[
         "mfu": float(np.median(v.mfu)),
         "compile_s": v.compile_s,
         "temp_mib": v.temp_mib,
-        "metrics_after_3_steps": v.first_metrics,
+        f"metrics_after_{FIRST_STEPS}_steps": v.first_metrics,
     }
 
 
