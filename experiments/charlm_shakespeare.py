@@ -7,7 +7,7 @@ Sample:  python -m experiments.charlm_shakespeare sample --workdir runs/charlm -
 Recipes (`--config.recipe` picks the base; every field stays overridable):
   cpu  4 layers, 4 heads, width 128, context 64, batch 12 (nanoGPT's CPU recipe; it reaches val loss 1.88 in
        2000 iters). Hardware: 2-core x86-64 CPU. Measured: validation loss 1.796 at step 1000 and 1.626 nats/char
-       (2.35 bits) at step 2000; 2 min 27 s for the whole command on a quiet machine. See README.md.
+       (2.35 bits) at step 2000; 1 min 45 s for the whole command on a quiet machine. See README.md.
   gpu  6 layers, 6 heads, width 384, context 256, batch 64, dropout 0.2, 5000 iters, bfloat16, fused attention
        (nanoGPT's best val loss with it: 1.4697). Measured on one H100: best validation loss 1.419 nats/char at
        step 1000, then it overfits (1.871 at step 5000, as nanoGPT's run does); 106 steps/s, 100 s in all.
