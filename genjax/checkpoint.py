@@ -175,7 +175,7 @@ class Checkpointer:
                 self._report_damage(step, first_line(error))
                 damaged.append(step)
                 continue
-            mismatch = _fingerprint_mismatch(meta, state)
+            mismatch = fingerprint_mismatch(meta, state)
             if mismatch:
                 self._report_damage(step, mismatch)
                 damaged.append(step)
@@ -218,13 +218,18 @@ class Checkpointer:
         self.manager.close()
 
 
-def _fingerprint_mismatch(meta: dict[str, Any], state: Any) -> str:
-    """'' when the restored `state` matches the fingerprint saved in `meta`, else which leaves differ."""
+def fingerprint_mismatch(meta: dict[str, Any], tree: Any, path: str = "") -> str:
+    """'' when `tree` matches the fingerprint saved in `meta`, else which leaves differ.
+
+    `tree` is the restored state, or with `path` (e.g. ".params['model']") the subtree of the
+    state at that path, checked against the saved leaves under it.
+    """
     if meta.get("format_version", 0) < 2:
         return ""  # format 1 predates fingerprints: restored unverified
-    saved, restored = meta.get("state_fingerprint"), state_fingerprint(state)
+    saved, restored = meta.get("state_fingerprint"), state_fingerprint(tree)
     if not isinstance(saved, dict):
         return "its meta holds no state_fingerprint"
+    saved = {key[len(path):]: value for key, value in saved.items() if key.startswith(path)}
     differing = sorted(k for k in set(saved) | set(restored) if saved.get(k) != restored.get(k))
     if not differing:
         return ""

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from genjax.checkpoint import fingerprint_mismatch
 from genjax.errors import GenjaxError
 from genjax.models.classifier import CNN
 
@@ -117,8 +118,12 @@ def load_feature_network(path: str | pathlib.Path, model: CNN = CNN()) -> Featur
     try:
         state = ocp.StandardCheckpointer().restore(step_dir.absolute() / "state")
         params = state["params"]["model"]
+        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir.absolute() / "meta")
     except Exception as error:  # orbax raises many types for unreadable checkpoints; a missing key is KeyError
         raise GenjaxError(f"feature checkpoint '{step_dir}' is not a readable genjax classifier checkpoint ({type(error).__name__}: {str(error)[:200]}); {how}") from None
+    mismatch = fingerprint_mismatch(meta, params, path=".params['model']")
+    if mismatch:
+        raise GenjaxError(f"feature checkpoint '{step_dir}' is damaged ({mismatch}); use an intact cnn_mnist checkpoint: {how}")
     expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
     expected_shapes = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(expected)}
     found_shapes = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(params)}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import scipy.linalg
 
@@ -92,3 +95,20 @@ def test_feature_checkpoint_of_the_wrong_shape_is_a_clear_error(tmp_path, data_d
     small = train_cnn(tmp_path / "small_cnn", steps=2, channels=(8, 16), hidden=32)
     with pytest.raises(GenjaxError, match=r"parameter \['conv0'\]\['bias'\] has shape \(8,\) there but \(32,\) expected"):
         load_feature_network(small)
+
+
+def test_feature_checkpoint_that_differs_from_its_fingerprint_is_refused(tmp_path, feature_checkpoint):
+    """A readable checkpoint whose weights no longer match the fingerprint written with them (bit rot that
+    leaves the files well-formed) would silently skew every IS/FID: it is refused, naming the leaf."""
+    steps = [p for p in (feature_checkpoint / "checkpoints").iterdir() if p.name.isdigit()]
+    intact = max(steps, key=lambda p: int(p.name))
+    damaged = tmp_path / "checkpoints" / intact.name
+    shutil.copytree(intact / "meta", damaged / "meta")
+    state = ocp.StandardCheckpointer().restore(intact.absolute() / "state")
+    logits = state["params"]["model"]["logits"]
+    logits["kernel"] = logits["kernel"].at[0, 0].add(1.0)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save((damaged / "state").absolute(), state)
+    load_feature_network(intact)
+    with pytest.raises(GenjaxError, match=r"is damaged \(state differs from the fingerprint .* \['logits'\]\['kernel'\]\)"):
+        load_feature_network(tmp_path)
