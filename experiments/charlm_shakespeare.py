@@ -2,7 +2,9 @@
 
 Train:   python -m experiments.charlm_shakespeare --workdir runs/charlm [--config.recipe=gpu] [--config.KEY=VALUE ...]
 Sample:  python -m experiments.charlm_shakespeare sample --workdir runs/charlm --prompt "ROMEO:" [--length 500]
-         [--temperature 0.8] [--top-k 40] [--num-samples 1] [--seed 0]
+         [--temperature 0.8] [--top-k 40] [--num-samples 1] [--seed 0] [--best]
+         (--best: the checkpoint of the lowest validation loss, kept when trained with --config.best_metric=loss;
+         the GPU recipe overfits after step 1000, so sample its best one)
 
 Recipes (`--config.recipe` picks the base; every field stays overridable):
   cpu  4 layers, 4 heads, width 128, context 64, batch 12 (nanoGPT's CPU recipe; it reaches val loss 1.88 in
@@ -53,6 +55,7 @@ def get_config(recipe: str = "cpu") -> ml_collections.ConfigDict:
         checkpoint_every=1000,
     )
     config.recipe = recipe
+    config.best_metric = "" if cpu else "loss"  # the GPU recipe overfits after step 1000: keep its best-validation state
     config.dataset = "tiny_shakespeare"
     config.context = 64 if cpu else 256
     config.dtype = "float32" if cpu else "bfloat16"  # computation dtype; parameters stay float32
@@ -124,14 +127,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     return loop.train_and_evaluate(config, workdir, experiment)
 
 
-def sample(workdir: str | pathlib.Path, prompt: str, length: int, temperature: float, top_k: int, num_samples: int, seed: int) -> list[str]:
-    """Continuations of `prompt` from the newest checkpoint in `workdir` (KV-cached, jitted)."""
+def sample(
+    workdir: str | pathlib.Path, prompt: str, length: int, temperature: float, top_k: int, num_samples: int, seed: int, best: bool = False
+) -> list[str]:
+    """Continuations of `prompt` from the newest checkpoint in `workdir`, or with `best` the one kept by
+    `config.best_metric` (KV-cached, jitted)."""
     workdir = pathlib.Path(workdir)
     tokenizer = load_tokenizer(workdir / TOKENIZER_FILE)
     config = config_lib.load_saved_config(get_config(), workdir)  # config.json holds every field, recipe included
     task = make_task(config, tokenizer, max(config.num_train_steps, 1))
     example = {"tokens": np.zeros((1, config.context + 1), np.int32)}
-    state = loop.restore_trained_state(workdir, NAME, task, example)
+    state = loop.restore_trained_state(workdir, NAME, task, example, best)
     return task.sample(eval_params(state), prompt, jax.random.key(seed), length, temperature, top_k, num_samples)
 
 
@@ -144,10 +150,11 @@ def sample_main(argv: Sequence[str]) -> None:
     parser.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest characters (0: all)")
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--best", action="store_true", help="use the checkpoint kept by --config.best_metric, not the newest")
     flags = parser.parse_args(argv)
     if flags.temperature < 0 or flags.top_k < 0 or flags.num_samples < 1:
         raise GenjaxError("--temperature and --top-k must be >= 0 and --num-samples >= 1")
-    texts = sample(flags.workdir, flags.prompt, flags.length, flags.temperature, flags.top_k, flags.num_samples, flags.seed)
+    texts = sample(flags.workdir, flags.prompt, flags.length, flags.temperature, flags.top_k, flags.num_samples, flags.seed, flags.best)
     print("\n\n----\n\n".join(flags.prompt + text for text in texts))
 
 

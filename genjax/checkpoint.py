@@ -6,12 +6,14 @@ directories are cleaned up on the next start. Orbax does not notice every damage
 file, so each checkpoint's meta also holds a fingerprint of every state leaf's bits,
 checked after restoring: a checkpoint that fails to read or to match is reported with
 its path, moved to `<workdir>/damaged_checkpoints/` and the previous one is tried.
+`BestCheckpoint` keeps the state of the best evaluation in `<workdir>/best_checkpoints` the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import pathlib
 import shutil
 import sys
@@ -26,6 +28,7 @@ from jax.experimental import multihost_utils
 from genjax.errors import GenjaxError, first_line
 
 FORMAT_VERSION = 2  # 2: meta holds state_fingerprint
+BEST_CHECKPOINTS = "best_checkpoints"  # the directory of `BestCheckpoint`, beside `checkpoints`
 _ODD_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)  # two independent position weightings
 
 
@@ -80,12 +83,14 @@ def _unretrieved_task_errors(record: logging.LogRecord) -> bool:
 class Checkpointer:
     """Saves every `every_steps` (and on demand), keeps the last `keep`, restores the newest intact one."""
 
-    def __init__(self, workdir: pathlib.Path, every_steps: int, keep: int, read_only: bool = False):
-        """`read_only` (inference): never creates, cleans up, deletes or moves anything, so it is safe
+    def __init__(self, workdir: pathlib.Path, every_steps: int, keep: int, read_only: bool = False, name: str = "checkpoints"):
+        """Checkpoints live in `<workdir>/<name>`, damaged ones are moved to `<workdir>/damaged_<name>`.
+
+        `read_only` (inference): never creates, cleans up, deletes or moves anything, so it is safe
         to use on the workdir of a run that is training and writing checkpoints right now."""
         self.read_only = read_only
-        self.directory = (workdir / "checkpoints").absolute()
-        self.damaged_directory = (workdir / "damaged_checkpoints").absolute()
+        self.directory = (workdir / name).absolute()
+        self.damaged_directory = (workdir / f"damaged_{name}").absolute()
         self.every_steps = every_steps
         self._saving: int | None = None  # the step whose asynchronous write may still be running
         self.manager = ocp.CheckpointManager(
@@ -158,7 +163,7 @@ class Checkpointer:
         damaged: list[int] = []
         for step in reversed(steps):
             try:
-                meta = self._restore_meta(step)
+                meta = self.restore_meta(step)
             except Exception as error:  # orbax raises many types for damaged files
                 self._report_damage(step, first_line(error))
                 damaged.append(step)
@@ -189,7 +194,8 @@ class Checkpointer:
             )
         return None
 
-    def _restore_meta(self, step: int) -> dict[str, Any]:
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        """The JSON meta written with checkpoint `step`."""
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if not isinstance(meta, dict):
             raise ValueError(f"meta is a {type(meta).__name__}, not a JSON object")
@@ -216,6 +222,46 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class BestCheckpoint:
+    """The state of the evaluation with the best `metric` so far, in `<workdir>/best_checkpoints` (one kept).
+
+    `mode` "min" keeps the lowest value (losses), "max" the highest (accuracies). The best value
+    survives restarts: it is read back from the kept checkpoint's meta. Non-finite values never count.
+    """
+
+    def __init__(self, workdir: pathlib.Path, metric: str, mode: str):
+        if mode not in ("min", "max"):
+            raise GenjaxError(f"unknown best_mode '{mode}'; choose 'min' (lower is better, e.g. loss) or 'max'")
+        self.metric, self.mode = metric, mode
+        self.checkpointer = Checkpointer(workdir, every_steps=1, keep=1, name=BEST_CHECKPOINTS)
+        steps = self.checkpointer.all_steps()
+        self.value: float | None = self.checkpointer.restore_meta(steps[-1])["best_value"] if steps else None
+
+    def check_metric(self, metrics: dict[str, float]) -> None:
+        """GenjaxError when the evaluation `metrics` do not include `metric`."""
+        if self.metric not in metrics:
+            raise GenjaxError(
+                f"best_metric '{self.metric}' is not one of this experiment's evaluation metrics {sorted(metrics)}; "
+                "choose one of them, or '' to keep no best checkpoint"
+            )
+
+    def offer(self, step: int, state: Any, metrics: dict[str, float], meta: dict[str, Any]) -> bool:
+        """Saves `state` (asynchronously) if `metrics[metric]` beats the best so far; returns whether it did."""
+        self.check_metric(metrics)
+        value = float(metrics[self.metric])
+        better = math.isfinite(value) and (
+            self.value is None or (value < self.value if self.mode == "min" else value > self.value)
+        )
+        if better:
+            self.checkpointer.save(step, state, {**meta, "best_metric": self.metric, "best_value": value})
+            self.value = value
+        return better
+
+    def close(self) -> None:
+        self.checkpointer.wait()
+        self.checkpointer.close()
 
 
 def fingerprint_mismatch(meta: dict[str, Any], tree: Any, path: str = "") -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from genjax import config as config_lib
 from genjax import fused_threefry, host_memory
 from genjax import sharding as sharding_lib
-from genjax.checkpoint import Checkpointer, abstract_with_shardings
+from genjax.checkpoint import BEST_CHECKPOINTS, BestCheckpoint, Checkpointer, abstract_with_shardings
 from genjax.data.loader import device_prefetch, to_global
 from genjax.errors import GenjaxError
 from genjax.metrics_log import MetricLogger
@@ -211,16 +211,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     logger = MetricLogger(workdir)
     step = int(jax.device_get(state.step))
 
-    def save(at_step: int) -> None:
-        nonlocal last_saved
-        meta = {
+    def checkpoint_meta() -> dict[str, Any]:
+        return {
             "experiment": experiment.name,
             "data_index": data_index,
             "train_rng": np.asarray(jax.random.key_data(train_rng)).tolist(),
             "state_signature": signature,
         }
-        checkpointer.save(at_step, state, meta)
+
+    def save(at_step: int) -> None:
+        nonlocal last_saved
+        checkpointer.save(at_step, state, checkpoint_meta())
         last_saved = at_step
+
+    best = BestCheckpoint(workdir, config.best_metric, config.best_mode) if config.best_metric else None
+
+    def keep_if_best(eval_metrics: dict[str, float]) -> None:
+        """Saves the state as the best one when `config.best_metric` improved (see `BestCheckpoint`)."""
+        if best is None:
+            return
+        if config.best_metric not in eval_metrics and last_saved != step:
+            save(step)  # the error that follows must not cost the steps since the last checkpoint
+            checkpointer.wait()
+        if best.offer(step, state, eval_metrics, checkpoint_meta()) and is_main:
+            print(f"best {config.best_metric} so far: saved {best.checkpointer.path(step)}", flush=True)
 
     def fetch_window(totals: dict) -> dict[str, float]:
         """Host copy of the mean metrics over the finite steps since the last fetch.
@@ -278,6 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 logger.write(step, "test", eval_metrics)
                 if is_main:
                     print(f"step {step}  test " + "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
+                keep_if_best(eval_metrics)
             if stopping:
                 checkpointer.wait()
                 if is_main:
@@ -290,28 +305,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         logger.write(step, "test", final)
         if is_main:
             print("final test " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+        keep_if_best(final)
         return final
     finally:
         batches.close()
         stop.restore()
         checkpointer.wait()
         checkpointer.close()
+        if best is not None:
+            best.close()
         logger.close()
 
 
-def restore_trained_state(workdir: str | pathlib.Path, experiment_name: str, task: Task, example_batch: dict[str, Any]) -> Any:
+def restore_trained_state(
+    workdir: str | pathlib.Path, experiment_name: str, task: Task, example_batch: dict[str, Any], best: bool = False
+) -> Any:
     """The newest intact checkpoint's state in `<workdir>` on one device, for inference (sampling, prediction).
 
+    With `best`, the state kept by `config.best_metric` (`<workdir>/best_checkpoints`) instead.
     `example_batch` (host arrays) fixes the input shapes as in training; GenjaxError when
     the workdir holds no checkpoint or one of another experiment or config.
     """
     workdir = pathlib.Path(workdir)
-    if not (workdir / "checkpoints").is_dir():
-        raise GenjaxError(f"no checkpoints in workdir '{workdir}'; train first with this --workdir")
+    name = BEST_CHECKPOINTS if best else "checkpoints"
+    how = "train with --config.best_metric=METRIC to keep one" if best else "train first with this --workdir"
+    if not (workdir / name).is_dir():
+        raise GenjaxError(f"no {name} in workdir '{workdir}'; {how}")
     mesh = sharding_lib.make_mesh(1)
     abstract_state, state_shardings = state_layout(task, mesh, jax.random.key(0), example_batch)
     signature = _state_signature(abstract_state)
-    checkpointer = Checkpointer(workdir, every_steps=1, keep=1_000_000, read_only=True)
+    checkpointer = Checkpointer(workdir, every_steps=1, keep=1_000_000, read_only=True, name=name)
     try:
         restored = checkpointer.restore_latest(
             abstract_with_shardings(abstract_state, state_shardings),
@@ -320,5 +343,5 @@ def restore_trained_state(workdir: str | pathlib.Path, experiment_name: str, tas
     finally:
         checkpointer.close()
     if restored is None:
-        raise GenjaxError(f"no checkpoints in workdir '{workdir}'; train first with this --workdir")
+        raise GenjaxError(f"no {name} in workdir '{workdir}'; {how}")
     return restored[1]

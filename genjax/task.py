@@ -68,6 +68,8 @@ def loop_config(**overrides: Any) -> ml_collections.ConfigDict:
             eval_every=0,  # 0: evaluate once per epoch
             checkpoint_every=1000,
             keep_checkpoints=3,
+            best_metric="",  # an evaluation metric (e.g. "loss"): also keep the state where it was best; "": off
+            best_mode="min",  # min: lower is better | max: higher is better
             dtype="float32",  # computation dtype: float32 | bfloat16 (parameters, optimizer state and losses stay float32)
             skip_nonfinite=False,  # True: a step with a NaN/Inf loss or gradient keeps the old state, counted in skipped_updates
             num_devices=0,  # 0: all visible devices
