@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from conftest import REPO
 
 # Mallocs, fills and frees a 48 MiB block (an XLA:CPU step's temporaries are one such block per call)
 # six times on this thread, and prints the minor page faults of the last five cycles. The first cycle
