@@ -22,6 +22,7 @@ from genjax import cli, loop
 from genjax.data import sources
 from genjax.data.images import static_binarization
 from genjax.data.loader import ShuffledArrayLoader, eval_batches
+from genjax.errors import GenjaxError
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.task import Experiment, loop_config, num_train_steps
 from genjax.tasks.vae import VAETask
@@ -45,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
 def build(config: ml_collections.ConfigDict) -> Experiment:
     """Data, optimizer and task of the experiment described by `config`."""
     if config.data.binarization not in ("dynamic", "static"):
-        raise ValueError(f"data.binarization must be 'dynamic' or 'static', got '{config.data.binarization}'")
+        raise GenjaxError(f"unknown data.binarization '{config.data.binarization}'; choose 'dynamic' or 'static'")
     train = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)
     test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
     test_images = static_binarization(test["image"], TEST_BINARIZATION_SEED) * np.uint8(255)

@@ -20,7 +20,7 @@ import pytest
 import faults
 from conftest import emulated_cpu_env
 from experiments import vae_mnist
-from genjax.errors import first_line
+from genjax.errors import GenjaxError, first_line
 
 VAE = "experiments.vae_mnist"
 TINY = dict(num_train_steps=20, checkpoint_every=10, log_every=10)
@@ -126,6 +126,25 @@ def test_bad_command_line(override, fragments, tmp_path, compile_cache):
     for fragment in fragments:
         assert fragment in line
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "setting, value, fragments",
+    [
+        ("model.kind", "resnet", ["unknown model.kind 'resnet'", "('mlp', 'conv')"]),
+        ("model.upsample", "nearest", ["unknown model.upsample 'nearest'", "('subpixel', 'transpose')"]),
+        ("iwae_samples", 150, ["iwae_samples=150 is not a multiple of 100", "use e.g. 200"]),
+        ("data.binarization", "otsu", ["unknown data.binarization 'otsu'", "'dynamic' or 'static'"]),
+    ],
+)
+def test_vae_setting_it_cannot_use_fails_before_training(setting, value, fragments, data_dir):
+    """Caught when the experiment is built, not after training (the IWAE bound runs only at the end)."""
+    config = vae_mnist.get_config()
+    config.update_from_flattened_dict({setting: value, "data_dir": data_dir})
+    with pytest.raises(GenjaxError) as error:
+        vae_mnist.build(config)
+    for fragment in fragments:
+        assert fragment in str(error.value)
 
 
 def test_batch_size_not_divisible_by_the_devices(tmp_path, compile_cache):

@@ -10,7 +10,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genjax.errors import GenjaxError
 from genjax.models.upsample import Upsample
+
+KINDS = ("mlp", "conv")
 
 IMAGE_SHAPE = (28, 28, 1)
 
@@ -99,7 +102,7 @@ class VAE(nn.Module):
             self.encoder = ConvEncoder(hidden=self.hidden, latents=self.latents, dtype=self.dtype)
             self.decoder = ConvDecoder(hidden=self.hidden, upsample=self.upsample, dtype=self.dtype)
         else:
-            raise ValueError(f"unknown VAE kind '{self.kind}'; choose 'mlp' or 'conv'")
+            raise GenjaxError(f"unknown model.kind '{self.kind}'; choose one of {KINDS}")
 
     def __call__(self, x: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x [B, 28, 28, 1] in {0, 1} -> (logits [B, 28, 28, 1], mean [B, z], logvar [B, z])."""

@@ -14,10 +14,14 @@ import optax
 
 from genjax import vis
 from genjax.data.images import augment_digits, dynamic_binarization
-from genjax.models.vae import VAE
+from genjax.errors import GenjaxError
+from genjax.models.upsample import UPSAMPLINGS
+from genjax.models.vae import KINDS, VAE
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
+
+IWAE_CHUNK = 100  # importance samples per pass of the IWAE bound
 
 
 def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
@@ -65,6 +69,17 @@ def iwae_log_likelihood(model: VAE, params, x: jax.Array, rng: jax.Array, num_sa
     return jax.scipy.special.logsumexp(weights, axis=0) - math.log(weights.shape[0])
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """GenjaxError for a model or evaluation setting the VAE cannot use, raised before any training."""
+    if config.model.kind not in KINDS:
+        raise GenjaxError(f"unknown model.kind '{config.model.kind}'; choose one of {KINDS}")
+    if config.model.upsample not in UPSAMPLINGS:
+        raise GenjaxError(f"unknown model.upsample '{config.model.upsample}'; choose one of {UPSAMPLINGS} (used by the conv decoder)")
+    k = config.iwae_samples
+    if k > 0 and k % min(k, IWAE_CHUNK):
+        raise GenjaxError(f"iwae_samples={k} is not a multiple of {IWAE_CHUNK}; use e.g. {IWAE_CHUNK * max(1, round(k / IWAE_CHUNK))} (0 skips the IWAE bound)")
+
+
 class VAETask:
     """Trains a VAE on uint8 digits; the model sees Bernoulli draws x ~ Bernoulli(pixel / 255).
 
@@ -73,6 +88,7 @@ class VAETask:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, test_images: np.ndarray):
+        check_config(config)
         self.config = config
         self.model = VAE(
             kind=config.model.kind,
@@ -143,9 +159,8 @@ class VAETask:
 
     def test_nll(self, params, rng: jax.Array) -> float:
         """Mean IWAE bound (nats per example) over the whole fixed-binarised test split."""
-        k, chunk = self.config.iwae_samples, min(self.config.iwae_samples, 100)
-        if k % chunk:
-            raise ValueError(f"iwae_samples={k} must be a multiple of {chunk}")
+        k = self.config.iwae_samples
+        chunk = min(k, IWAE_CHUNK)
         bound = jax.jit(functools.partial(iwae_log_likelihood, self.model, num_samples=k, chunk=chunk))
         total, batch = 0.0, 250
         for start in range(0, len(self.test_images), batch):
