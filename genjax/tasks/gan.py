@@ -2,7 +2,9 @@
 
 The generator's parameters are averaged (EMA, from its optimizer's `ema_decay`);
 samples, grids and the classifier-IS/FID use the EMA generator with batch-norm
-running statistics.
+running statistics. These are the trained generator's; statistics re-estimated for the EMA
+parameters (4,096 latents in train mode) scored no better on the 20-epoch checkpoint of
+`experiments/gan_mnist.py`: IS 7.39 / FID 60.7 against 7.42 / 59.7.
 """
 
 from __future__ import annotations
