@@ -231,13 +231,41 @@ class BestCheckpoint:
     survives restarts: it is read back from the kept checkpoint's meta. Non-finite values never count.
     """
 
-    def __init__(self, workdir: pathlib.Path, metric: str, mode: str):
+    def __init__(
+        self, workdir: pathlib.Path, metric: str, mode: str, check_meta: Callable[[dict[str, Any], pathlib.Path], None]
+    ):
+        """`check_meta(meta, path)` raises GenjaxError when the kept checkpoint belongs to another experiment or
+        config (as in `Checkpointer.restore_latest`)."""
         if mode not in ("min", "max"):
             raise GenjaxError(f"unknown best_mode '{mode}'; choose 'min' (lower is better, e.g. loss) or 'max'")
         self.metric, self.mode = metric, mode
         self.checkpointer = Checkpointer(workdir, every_steps=1, keep=1, name=BEST_CHECKPOINTS)
+        try:
+            self.value = self._kept_value(check_meta)
+        except BaseException:
+            self.close()
+            raise
+
+    def _kept_value(self, check_meta: Callable[[dict[str, Any], pathlib.Path], None]) -> float | None:
+        """The best value of the kept checkpoint, None when there is none.
+
+        GenjaxError when that checkpoint was ranked by another metric or mode: its value
+        cannot be compared with this run's evaluations.
+        """
         steps = self.checkpointer.all_steps()
-        self.value: float | None = self.checkpointer.restore_meta(steps[-1])["best_value"] if steps else None
+        if not steps:
+            return None
+        path = self.checkpointer.path(steps[-1])
+        meta = self.checkpointer.restore_meta(steps[-1])
+        check_meta(meta, path)
+        kept = (meta.get("best_metric"), meta.get("best_mode", self.mode))  # best_mode: absent before it was saved
+        if kept != (self.metric, self.mode):
+            raise GenjaxError(
+                f"best checkpoint {path} was kept for best_metric '{kept[0]}' (best_mode {kept[1]}), not '{self.metric}' "
+                f"(best_mode {self.mode}); keep the original --config.best_metric and --config.best_mode, or move "
+                f"{self.checkpointer.directory} away to rank from scratch"
+            )
+        return float(meta["best_value"])
 
     def check_metric(self, metrics: dict[str, float]) -> None:
         """GenjaxError when the evaluation `metrics` do not include `metric`."""
@@ -255,7 +283,7 @@ class BestCheckpoint:
             self.value is None or (value < self.value if self.mode == "min" else value > self.value)
         )
         if better:
-            self.checkpointer.save(step, state, {**meta, "best_metric": self.metric, "best_value": value})
+            self.checkpointer.save(step, state, {**meta, "best_metric": self.metric, "best_mode": self.mode, "best_value": value})
             self.value = value
         return better
 

@@ -224,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         checkpointer.save(at_step, state, checkpoint_meta())
         last_saved = at_step
 
-    best = BestCheckpoint(workdir, config.best_metric, config.best_mode) if config.best_metric else None
+    best: BestCheckpoint | None = None  # opened inside the try below, so that it is always closed
 
     def keep_if_best(eval_metrics: dict[str, float]) -> None:
         """Saves the state as the best one when `config.best_metric` improved (see `BestCheckpoint`)."""
@@ -262,6 +262,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     window_start, window_step = time.perf_counter(), step
     batches = device_prefetch(experiment.train_data, data_index, data_sharding)
     try:
+        if config.best_metric:
+            best = BestCheckpoint(
+                workdir, config.best_metric, config.best_mode, lambda meta, path: _check_compatible(meta, experiment.name, signature, path)
+            )
         while step < total_steps:
             batch = next(batches)
             state, metrics = train_step(state, batch, train_rng)

@@ -1,5 +1,6 @@
 """`config.best_metric`: the state of the best evaluation is kept beside the rolling checkpoints, survives a restart
-and is what `sample --best` uses; an unknown metric is a clear error that costs no training."""
+and is what `sample --best` uses; an unknown metric, or one other than the kept checkpoint's, is a clear error
+that costs no training."""
 
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def test_best_evaluation_is_kept_across_a_restart_and_sampled(tmp_path, data_dir
     # Restarted for 20 more steps: the best value is read back, so later (better-loss) evaluations do not replace it.
     charlm_shakespeare.train_and_evaluate(small_config(num_train_steps=50), workdir)
     assert sorted(evaluation_losses(workdir)) == [10, 20, 30, 40, 50]
+    assert kept_steps(workdir) == [worst]
+
+    # The kept value is a loss ranked by "max": another metric or direction cannot be compared with it.
+    for changed in (dict(best_metric="bits_per_char"), dict(best_mode="min")):
+        with pytest.raises(GenjaxError, match=r"best checkpoint .*best_checkpoints/%d was kept for best_metric 'loss' \(best_mode max\)" % worst):
+            charlm_shakespeare.train_and_evaluate(small_config(num_train_steps=50, **changed), workdir)
     assert kept_steps(workdir) == [worst]
 
     newest = charlm_shakespeare.sample(workdir, "ROMEO:", 20, 0.0, 0, 1, 0)
