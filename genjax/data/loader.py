@@ -121,19 +121,25 @@ class ResidentArrays:
         self.loader = loader
         self.sharding = sharding
         replicated = NamedSharding(sharding.mesh, PartitionSpec())
+        self._rows_sharding = NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))  # [batches, rows]
         self.arrays = {
             k: jax.make_array_from_callback(v.shape, replicated, lambda index, v=v: v[index]) for k, v in loader.arrays.items()
         }
         self._gather = jax.jit(
-            lambda arrays, rows: {k: v[rows] for k, v in arrays.items()},
-            in_shardings=(replicated, sharding),
+            lambda arrays, rows: [{k: v[batch_rows] for k, v in arrays.items()} for batch_rows in rows],
+            in_shardings=(replicated, self._rows_sharding),
             out_shardings=sharding,
         )
 
+    def batches_at(self, index: int, count: int) -> list[dict[str, jax.Array]]:
+        """Global batches `index, ..., index + count - 1`, gathered in one call: a list of
+        {name: [global_batch_size, ...]} sharded like the batch."""
+        rows = np.stack([self.loader.rows_at(index + offset) for offset in range(count)]).astype(np.int32)
+        return self._gather(self.arrays, jax.make_array_from_process_local_data(self._rows_sharding, rows))
+
     def batch_at(self, index: int) -> dict[str, jax.Array]:
         """Global batch `index`: {name: [global_batch_size, ...]} sharded like the batch."""
-        rows = self.loader.rows_at(index).astype(np.int32)
-        return self._gather(self.arrays, jax.make_array_from_process_local_data(self.sharding, rows))
+        return self.batches_at(index, 1)[0]
 
 
 def resident(loader: Loader) -> bool:
@@ -142,17 +148,25 @@ def resident(loader: Loader) -> bool:
     return isinstance(loader, ShuffledArrayLoader) and loader.nbytes <= RESIDENT_MAX_BYTES
 
 
-def global_batches(loader: Loader, sharding: NamedSharding) -> Callable[[int], dict[str, jax.Array]]:
-    """index -> global batch sharded by `sharding`, gathered where `resident` says."""
+# Resident batches gathered per call: one dispatch and one transfer of row indices for this many steps
+# rather than for each (about 80 instead of 300 us of host work per MNIST batch on the 2-core CPU).
+RESIDENT_BATCHES_PER_CALL = 8
+
+
+def global_batches(loader: Loader, sharding: NamedSharding) -> Callable[[int], list[dict[str, jax.Array]]]:
+    """index -> the next global batches from `index` on, sharded by `sharding`: RESIDENT_BATCHES_PER_CALL of
+    them, gathered on the devices, where `resident` says; else one, gathered on the host."""
     if resident(loader):
-        return ResidentArrays(loader, sharding).batch_at
-    return lambda index: to_global(loader.batch_at(index), sharding)
+        arrays = ResidentArrays(loader, sharding)
+        return lambda index: arrays.batches_at(index, RESIDENT_BATCHES_PER_CALL)
+    return lambda index: [to_global(loader.batch_at(index), sharding)]
 
 
 def device_prefetch(
     loader: Loader, start_index: int, sharding: NamedSharding, depth: int = 2
 ) -> Iterator[dict[str, jax.Array]]:
-    """Yields global batches `start_index, start_index + 1, ...`, produced `depth` ahead on a thread.
+    """Yields global batches `start_index, start_index + 1, ...`, produced ahead on a thread: `depth`
+    waiting, plus the rest of the last `global_batches` call.
 
     The thread gathers rows and starts the host-to-device copy while the devices run
     the previous step, so input overlaps compute.
@@ -172,10 +186,12 @@ def device_prefetch(
     def produce() -> None:
         index = start_index
         try:
-            batch_at = global_batches(loader, sharding)
+            batches_from = global_batches(loader, sharding)
             while not stop.is_set():
-                offer(batch_at(index))
-                index += 1
+                batches = batches_from(index)
+                for batch in batches:
+                    offer(batch)
+                index += len(batches)
         except BaseException as error:  # surfaced to the consumer, never swallowed
             offer(error)
 
