@@ -201,8 +201,8 @@ class Checkpointer:
             raise ValueError(f"meta is a {type(meta).__name__}, not a JSON object")
         return dict(meta)
 
-    def _report_damage(self, step: int, reason: str) -> None:
-        print(f"warning: checkpoint {self.path(step)} is damaged ({reason}); trying the previous one", file=sys.stderr, flush=True)
+    def _report_damage(self, step: int, reason: str, consequence: str = "trying the previous one") -> None:
+        print(f"warning: checkpoint {self.path(step)} is damaged ({reason}); {consequence}", file=sys.stderr, flush=True)
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves the damaged `steps` to `damaged_checkpoints/<step>[.n]` (process 0) and forgets them (all)."""
@@ -229,6 +229,8 @@ class BestCheckpoint:
 
     `mode` "min" keeps the lowest value (losses), "max" the highest (accuracies). The best value
     survives restarts: it is read back from the kept checkpoint's meta. Non-finite values never count.
+    A kept checkpoint whose meta cannot be read is reported, moved to `damaged_best_checkpoints/`,
+    and the ranking starts over.
     """
 
     def __init__(
@@ -256,7 +258,12 @@ class BestCheckpoint:
         if not steps:
             return None
         path = self.checkpointer.path(steps[-1])
-        meta = self.checkpointer.restore_meta(steps[-1])
+        try:
+            meta = self.checkpointer.restore_meta(steps[-1])
+        except Exception as error:  # orbax raises many types for damaged files
+            self.checkpointer._report_damage(steps[-1], first_line(error), "ranking evaluations from scratch")
+            self.checkpointer._set_aside(steps[-1:])
+            return None
         check_meta(meta, path)
         kept = (meta.get("best_metric"), meta.get("best_mode", self.mode))  # best_mode: absent before it was saved
         if kept != (self.metric, self.mode):

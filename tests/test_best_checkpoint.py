@@ -1,6 +1,6 @@
 """`config.best_metric`: the state of the best evaluation is kept beside the rolling checkpoints, survives a restart
 and is what `sample --best` uses; an unknown metric, or one other than the kept checkpoint's, is a clear error
-that costs no training."""
+that costs no training; a damaged kept checkpoint is set aside and the ranking starts over."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def kept_steps(workdir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in (workdir / "best_checkpoints").iterdir() if p.name.isdigit())
 
 
-def test_best_evaluation_is_kept_across_a_restart_and_sampled(tmp_path, data_dir):
+def test_best_evaluation_is_kept_across_a_restart_and_sampled(tmp_path, data_dir, capsys):
     workdir = tmp_path / "run"
     charlm_shakespeare.train_and_evaluate(small_config(), workdir)
     losses = evaluation_losses(workdir)
@@ -61,6 +61,13 @@ def test_best_evaluation_is_kept_across_a_restart_and_sampled(tmp_path, data_dir
     newest = charlm_shakespeare.sample(workdir, "ROMEO:", 20, 0.0, 0, 1, 0)
     best = charlm_shakespeare.sample(workdir, "ROMEO:", 20, 0.0, 0, 1, 0, best=True)
     assert len(best[0]) == 20 and best != newest  # greedy continuations of different states
+
+    # A kept checkpoint whose meta is unreadable is reported and set aside; the ranking starts over.
+    (workdir / "best_checkpoints" / str(worst) / "meta" / "metadata").write_text('{"experiment": "charlm_sh')
+    charlm_shakespeare.train_and_evaluate(small_config(num_train_steps=60), workdir)
+    assert f"warning: checkpoint {workdir.absolute() / 'best_checkpoints' / str(worst)} is damaged" in capsys.readouterr().err
+    assert (workdir / "damaged_best_checkpoints" / str(worst)).is_dir()
+    assert kept_steps(workdir) == [60]
 
 
 def test_unknown_best_metric_is_a_clear_error_that_keeps_the_steps(tmp_path, data_dir):
