@@ -72,7 +72,7 @@ def test_resident_arrays_gather_the_same_batches_as_the_host(data_dir):
     data_sharding = sharding.batch_sharding(sharding.make_mesh())
     resident = ResidentArrays(loader, data_sharding)
     for index in (0, 1, loader.steps_per_epoch - 1, loader.steps_per_epoch, 40):
-        batch, host = resident.batch_at(index), to_global(loader.batch_at(index), data_sharding)
+        (batch,), host = resident.batches_at(index, 1), to_global(loader.batch_at(index), data_sharding)
         assert batch.keys() == host.keys() and all(batch[k].sharding == data_sharding for k in batch)
         for key in batch:
             assert batch[key].dtype == host[key].dtype

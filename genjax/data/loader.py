@@ -121,7 +121,8 @@ class ResidentArrays:
         self.loader = loader
         self.sharding = sharding
         replicated = NamedSharding(sharding.mesh, PartitionSpec())
-        self._rows_sharding = NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))  # [batches, rows]
+        # Row indices [batches, rows], each batch's rows split like the batch.
+        self._rows_sharding = NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
         self.arrays = {
             k: jax.make_array_from_callback(v.shape, replicated, lambda index, v=v: v[index]) for k, v in loader.arrays.items()
         }
@@ -136,10 +137,6 @@ class ResidentArrays:
         {name: [global_batch_size, ...]} sharded like the batch."""
         rows = np.stack([self.loader.rows_at(index + offset) for offset in range(count)]).astype(np.int32)
         return self._gather(self.arrays, jax.make_array_from_process_local_data(self._rows_sharding, rows))
-
-    def batch_at(self, index: int) -> dict[str, jax.Array]:
-        """Global batch `index`: {name: [global_batch_size, ...]} sharded like the batch."""
-        return self.batches_at(index, 1)[0]
 
 
 def resident(loader: Loader) -> bool:
