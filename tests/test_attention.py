@@ -113,6 +113,12 @@ def test_rotary_matches_the_rotation_formula_and_its_autodiff_gradient():
     grad = jax.grad(lambda x: jnp.sum(weights * rotary(x, positions)))(x)
     np.testing.assert_allclose(grad, jax.grad(lambda x: jnp.sum(weights * reference(x)))(x), atol=1e-5)
 
+    def hvp(rotate):  # second derivatives (grad of grad) through the hand-written backward pass
+        loss = lambda x: jnp.sum(weights * jnp.tanh(rotate(x)))
+        return jax.grad(lambda x: jnp.vdot(jax.grad(loss)(x), weights))(x)
+
+    np.testing.assert_allclose(hvp(lambda x: rotary(x, positions)), hvp(reference), atol=1e-5)
+
 
 @pytest.mark.parametrize("positions,temperature,top_k", [("rotary", 1.0, 10), ("learned", 0.0, 0)])
 def test_kv_cached_generation_equals_full_recomputation(positions, temperature, top_k):

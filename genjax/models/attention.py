@@ -107,6 +107,7 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Ar
     The cos/sin tables [B, T, 1, D/2] are materialised once (an optimisation barrier) rather than
     recomputed for every element of the rotation, and the backward pass rotates the gradient back
     (`_rotate`); with `LayerNorm`'s backward pass, the char LM's CPU step is 5-8 % faster (benchmarks/RESULTS.md).
+    Like `LayerNorm`, differentiable in reverse mode to any order, not in forward mode (`jax.jvp`).
     """
     half = x.shape[-1] // 2
     frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
