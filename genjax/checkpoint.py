@@ -25,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from genjax.errors import GenjaxError, first_line
+from genjax.errors import GenjaxError, first_line, root_cause
 
 FORMAT_VERSION = 2  # 2: meta holds state_fingerprint
 BEST_CHECKPOINTS = "best_checkpoints"  # the directory of `BestCheckpoint`, beside `checkpoints`
@@ -165,7 +165,7 @@ class Checkpointer:
             try:
                 meta = self.restore_meta(step)
             except Exception as error:  # orbax raises many types for damaged files
-                self._report_damage(step, first_line(error))
+                self.report_damage(step, first_line(root_cause(error)))
                 damaged.append(step)
                 continue
             if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -177,15 +177,15 @@ class Checkpointer:
             try:
                 state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
             except Exception as error:
-                self._report_damage(step, first_line(error))
+                self.report_damage(step, first_line(root_cause(error)))
                 damaged.append(step)
                 continue
             mismatch = fingerprint_mismatch(meta, state)
             if mismatch:
-                self._report_damage(step, mismatch)
+                self.report_damage(step, mismatch)
                 damaged.append(step)
                 continue
-            self._set_aside(damaged)
+            self.set_aside(damaged)
             return step, state, meta
         if steps:
             raise GenjaxError(
@@ -201,10 +201,11 @@ class Checkpointer:
             raise ValueError(f"meta is a {type(meta).__name__}, not a JSON object")
         return dict(meta)
 
-    def _report_damage(self, step: int, reason: str, consequence: str = "trying the previous one") -> None:
+    def report_damage(self, step: int, reason: str, consequence: str = "trying the previous one") -> None:
+        """Warns on stderr that checkpoint `step` is damaged, why, and what the run does about it."""
         print(f"warning: checkpoint {self.path(step)} is damaged ({reason}); {consequence}", file=sys.stderr, flush=True)
 
-    def _set_aside(self, steps: list[int]) -> None:
+    def set_aside(self, steps: list[int]) -> None:
         """Moves the damaged `steps` to `damaged_checkpoints/<step>[.n]` (process 0) and forgets them (all)."""
         if not steps or self.read_only:
             return
@@ -261,8 +262,8 @@ class BestCheckpoint:
         try:
             meta = self.checkpointer.restore_meta(steps[-1])
         except Exception as error:  # orbax raises many types for damaged files
-            self.checkpointer._report_damage(steps[-1], first_line(error), "ranking evaluations from scratch")
-            self.checkpointer._set_aside(steps[-1:])
+            self.checkpointer.report_damage(steps[-1], first_line(root_cause(error)), "ranking evaluations from scratch")
+            self.checkpointer.set_aside(steps[-1:])
             return None
         check_meta(meta, path)
         kept = (meta.get("best_metric"), meta.get("best_mode", self.mode))  # best_mode: absent before it was saved

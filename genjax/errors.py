@@ -31,6 +31,19 @@ def os_reason(error: BaseException) -> str | None:
     return None
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost error `error` was raised from (`raise ... from`), or `error` itself.
+
+    orbax wraps a tensorstore read error ("... Data corruption detected" in the file of array
+    "opt_state...kernel") in one whose message names only an index range; the cause names the damage.
+    """
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__
+        seen.add(id(error))
+    return error
+
+
 def first_line(error: BaseException) -> str:
     """`Type: first line`, shortened to its start and its end, and naming the OS reason (`os_reason`) if it was cut."""
     lines = str(error).strip().splitlines()
