@@ -14,7 +14,8 @@ few per cent a change is often worth (benchmarks/RESULTS.md).
 Prints a table, then one JSON line: per variant the median, 25th and 75th percentile and minimum over
 windows of ms per step, the median relative to the first variant's, MFU (as in step_throughput), compile
 seconds, the compiled step's temporary memory, and the metrics of its third step from the same start:
-variants that compute the same function show the same metrics.
+variants that compute the same function show the same metrics. The line also names the git commit
+of the code timed (`source_revision`, "-dirty" with local changes).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import numpy as np
 
 from benchmarks import peaks
 from benchmarks.step_throughput import (
-    DTYPES, FAMILIES, StepSetup, check_sizes, family_of, format_table, make_config, repeat, set_up, step_flops, time_windows,
+    DTYPES, FAMILIES, StepSetup, check_sizes, family_of, format_table, make_config, repeat, set_up, source_revision, step_flops,
+    time_windows,
 )
 from genjax import cli
 from genjax.errors import GenjaxError
@@ -134,6 +136,7 @@ def compare(model: str, batch_size: int, steps: int, rounds: int, dtype: str, co
         "platform": device.platform,
         "num_devices": int(prepared[0].setup.mesh.devices.size),
         "jax": jax.__version__,
+        "source_revision": source_revision(),
     }
 
 

@@ -2,7 +2,8 @@
 
 Command:  python -m benchmarks.step_throughput --model vae --batch-size 128 --steps 200
           [--dtype bf16] [--data real] [--matmul-bound] [--config.KEY=VALUE ...]
-Prints a table, then one JSON line (the last line of stdout) with every figure.
+Prints a table, then one JSON line (the last line of stdout) with every figure, the `--config.*`
+arguments and the git commit of the code timed, so that a figure names what produced it.
 
 The step is the one the experiments train with: the experiment comes from
 `experiments.<module>.build(config)`, its state is laid out by `genjax.loop.state_layout`
@@ -25,6 +26,8 @@ import dataclasses
 import functools
 import importlib
 import json
+import pathlib
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -248,7 +251,25 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
         "num_devices": int(mesh.devices.size),
         "dtype": dtype,
         "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__},
+        "config_args": list(config_args),
+        "source_revision": source_revision(),
     }
+
+
+def source_revision() -> str | None:
+    """The git commit of the genjax checkout being timed, with "-dirty" when tracked files differ from it;
+    None outside a git checkout (or without git)."""
+    repo = pathlib.Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -47,9 +47,10 @@ def run_point(model: str, batch_size: int, dtype: str, devices: int, steps: int,
 
 
 def csv_row(result: dict[str, Any]) -> dict[str, Any]:
-    """One flat CSV row: the nested `versions` become `version_<package>` columns."""
+    """One flat CSV row: the nested `versions` become `version_<package>` columns, `config_args` one string."""
     row = {k: v for k, v in result.items() if k != "versions"}
     row.update({f"version_{k}": v for k, v in result["versions"].items()})
+    row["config_args"] = " ".join(result["config_args"])
     return row
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import subprocess
 
 import pytest
 
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import compare, matmul_bound, peaks, step_throughput, sweep
-from conftest import emulated_cpu_env, run_module
+from conftest import REPO, emulated_cpu_env, run_module
 from genjax import cli, flops, loop, sharding
 from genjax.data.loader import to_global
 from genjax.errors import GenjaxError
@@ -24,7 +26,7 @@ FIELDS = {
     "model", "batch_size", "steps", "data", "step_ms_median", "step_ms_p90", "examples_per_s", "tokens_per_s",
     "flops_per_step", "executed_flops_per_step", "tflops_per_s", "mfu", "peak_tflops_per_s", "peak_source",
     "compile_s", "synthetic_step_ms_median", "real_over_synthetic", "device_kind", "platform", "num_devices",
-    "dtype", "versions", "matmul_bound_ms", "mfu_ceiling",
+    "dtype", "versions", "matmul_bound_ms", "mfu_ceiling", "config_args", "source_revision",
 }
 BATCH = 8
 
@@ -65,6 +67,12 @@ def test_every_family_reports_every_field(model, family_args, capsys):
     assert (result["real_over_synthetic"] is not None) == (data == "real")
     assert (result["tokens_per_s"] is not None) == (model in ("charlm", "charlm_gpu", "imdb"))
     assert result["matmul_bound_ms"] is None and result["mfu_ceiling"] is None  # only with --matmul-bound
+    assert result["config_args"] == family_args(model)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    if head:
+        assert re.fullmatch(rf"{head}(-dirty)?", result["source_revision"])
+    else:  # a copy of the tree without its .git
+        assert result["source_revision"] is None
 
 
 def test_matmul_bound_counts_each_matmul_as_often_as_it_runs():
@@ -157,6 +165,7 @@ def test_compare_times_variants_in_one_process_and_shows_which_compute_the_same_
         assert v["relative_to_first"] == pytest.approx(v["step_ms_median"] / plain["step_ms_median"])
         assert v["mfu"] > 0 and v["compile_s"] > 0 and v["flops_per_step"] == plain["flops_per_step"]
     assert plain["metrics_after_3_steps"] == skipping["metrics_after_3_steps"]  # the same function, compiled apart
+    assert result["source_revision"] == step_throughput.source_revision()
     assert faster_lr["metrics_after_3_steps"]["param_norm"] != plain["metrics_after_3_steps"]["param_norm"]
 
 
@@ -180,5 +189,6 @@ def test_sweep_over_emulated_devices_writes_csv_and_plot(tmp_path, data_dir, mon
     rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
     assert len(rows) == 1 and int(rows[0]["num_devices"]) == 2
     assert rows[0]["model"] == "vae" and int(rows[0]["batch_size"]) == BATCH and rows[0]["version_jax"]
+    assert rows[0]["config_args"] == f"--config.num_devices=2 --config.data_dir={data_dir}"
     assert math.isfinite(float(rows[0]["mfu"]))
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
