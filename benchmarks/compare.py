@@ -32,8 +32,8 @@ import numpy as np
 
 from benchmarks import peaks
 from benchmarks.step_throughput import (
-    DTYPES, FAMILIES, StepSetup, check_sizes, family_of, format_table, make_config, repeat, set_up, source_revision, step_flops,
-    time_windows,
+    DTYPES, StepSetup, check_sizes, family_of, format_table, make_config, repeat, set_up, source_revision, step_flops,
+    step_parser, time_windows,
 )
 from genjax import cli
 from genjax.errors import GenjaxError
@@ -161,12 +161,8 @@ def variant_figures(v: Variant, args: Sequence[str], baseline_s: float) -> dict[
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """(flags, the remaining arguments: common `--config.*` and the `--variant` groups)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help=f"one of {sorted(FAMILIES)}")
-    parser.add_argument("--batch-size", type=int, required=True, help="global batch size")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per variant, over all rounds")
+    parser = step_parser(__doc__, 100, "timed steps per variant, over all rounds", "computation dtype (a variant may set --config.dtype)")
     parser.add_argument("--rounds", type=int, default=20, help="turns: each times one window of steps per variant")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help="computation dtype (a variant may set --config.dtype)")
     return parser.parse_known_args(argv)
 
 

@@ -284,13 +284,19 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    """(flags, the `--config.KEY=VALUE` arguments left for the experiment's config)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_parser(description: str, steps: int, steps_help: str, dtype_help: str = "computation dtype (config field 'dtype')") -> argparse.ArgumentParser:
+    """A parser with the flags every benchmark command shares: --model, --batch-size, --steps, --dtype."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help=f"one of {sorted(FAMILIES)}")
     parser.add_argument("--batch-size", type=int, required=True, help="global batch size")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps (after compilation and warm-up)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help="computation dtype (config field 'dtype')")
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help=dtype_help)
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(flags, the `--config.KEY=VALUE` arguments left for the experiment's config)."""
+    parser = step_parser(__doc__, 100, "timed steps (after compilation and warm-up)")
     parser.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
                         help="real: also time the real input pipeline and report real/synthetic")
     parser.add_argument("--matmul-bound", action="store_true",
