@@ -22,6 +22,7 @@ from genjax.tasks.gan import (
     hinge_generator_loss,
     non_saturating_discriminator_loss,
     non_saturating_generator_loss,
+    r1_penalty,
 )
 
 
@@ -40,6 +41,17 @@ def test_hinge_losses_on_known_inputs():
     real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.5])
     np.testing.assert_allclose(hinge_discriminator_loss(real, fake), (0.0 + 0.5) / 2 + (0.0 + 1.5) / 2, rtol=1e-6)
     np.testing.assert_allclose(hinge_generator_loss(jnp.array([1.0, 3.0])), -2.0, rtol=1e-6)
+
+
+def test_r1_penalty_is_the_mean_squared_input_gradient_norm_of_each_real_image():
+    discriminator = Discriminator(features=8)
+    images = jax.random.uniform(jax.random.key(0), (5, 28, 28, 1), minval=-1.0, maxval=1.0)
+    params = discriminator.init(jax.random.key(1), images)["params"]
+    discriminate = lambda x: discriminator.apply({"params": params}, x)
+    one_by_one = jax.vmap(jax.grad(lambda x: discriminate(x[None])[0]))(images)  # each image through D alone
+    expected = jnp.mean(jnp.sum(one_by_one**2, axis=(1, 2, 3)))
+    assert float(expected) > 0
+    np.testing.assert_allclose(r1_penalty(discriminate, images), expected, rtol=1e-5)
 
 
 def test_depth_to_space_places_channel_groups_as_sub_pixels():
@@ -86,6 +98,29 @@ def test_short_run_lowers_the_generator_fid(tmp_path, feature_checkpoint):
     assert sorted(p.name for p in (tmp_path / "samples").iterdir())[-1] == "samples_0000300.png"
 
 
+def test_lazy_r1_changes_only_the_discriminator_and_only_on_its_steps(feature_checkpoint):
+    """With r1_gamma, step 0 (a multiple of r1_every) adds gamma / 2 * r1_every * R1 to the discriminator's
+    objective and changes its update; step 1 does not."""
+    steps = {}
+    for gamma in (0.0, 10.0):
+        experiment = gan_mnist.build(small_config(feature_checkpoint, r1_gamma=gamma, r1_every=4))
+        batch = {"image": jnp.asarray(experiment.train_data.batch_at(0)["image"])}
+        state = experiment.task.init_state(jax.random.key(0), batch)
+        step = jax.jit(experiment.task.train_step)
+        first = step(state, batch, jax.random.key(1))
+        steps[gamma] = (first, step(state.replace(step=state.step + 1), batch, jax.random.key(1)))
+    ((plain, plain_metrics), (plain_1, _)), ((penalised, metrics), (penalised_1, metrics_1)) = steps[0.0], steps[10.0]
+    assert "r1_penalty" not in plain_metrics and float(metrics["r1_penalty"]) > 0 and float(metrics_1["r1_penalty"]) == 0
+    np.testing.assert_allclose(metrics["loss"], metrics["d_loss"] + 5.0 * metrics["r1_penalty"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["d_loss"], plain_metrics["d_loss"], rtol=1e-6)  # same state, same batch
+
+    def max_change(a, b):
+        return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), a, b)))
+
+    assert max_change(penalised.params["discriminator"], plain.params["discriminator"]) > 0
+    assert max_change(penalised_1.params["discriminator"], plain_1.params["discriminator"]) == 0
+
+
 def restore_raw_state(workdir: pathlib.Path, step: int):
     return ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
 
@@ -110,5 +145,7 @@ def test_resume_is_bit_identical(tmp_path, feature_checkpoint):
 def test_unknown_loss_and_missing_feature_network_are_clear_errors(tmp_path, feature_checkpoint):
     with pytest.raises(GenjaxError, match="unknown loss 'wasserstein'"):
         gan_mnist.build(small_config(feature_checkpoint, loss="wasserstein"))
+    with pytest.raises(GenjaxError, match="r1_gamma=-1.0 is negative"):
+        gan_mnist.build(small_config(feature_checkpoint, r1_gamma=-1.0))
     with pytest.raises(GenjaxError, match="feature checkpoint .* not found"):
         gan_mnist.build(small_config(tmp_path / "missing"))
