@@ -31,7 +31,6 @@ import json
 import pathlib
 import re
 import sys
-import time
 from typing import Any, Sequence
 
 import jax
@@ -175,16 +174,13 @@ def profile(model: str, batch_size: int, steps: int, out: pathlib.Path, dtype: s
     setup = set_up(family, config)
     compiled = setup.train_step.lower(setup.state, setup.batch, setup.train_rng).compile()
     out.mkdir(parents=True, exist_ok=True)
-    hlo_path = out / "step.hlo.txt"
-    hlo_path.write_text(compiled.as_text())
+    hlo_text, hlo_path = compiled.as_text(), out / "step.hlo.txt"
+    hlo_path.write_text(hlo_text)
     state, _ = time_windows(compiled, setup.state, repeat(setup.batch), setup.train_rng, WARMUP_STEPS)
     trace_dir = out / "trace"
     with jax.profiler.trace(str(trace_dir)):
-        start = time.perf_counter()
-        state, _ = time_windows(compiled, state, repeat(setup.batch), setup.train_rng, steps)
-        wall_s = time.perf_counter() - start
-    hlo_text = hlo_path.read_text()
-    summary = summarize(trace_events(trace_dir), module_name(hlo_text), parse_hlo(hlo_text), steps, wall_s, top)
+        _, step_s = time_windows(compiled, state, repeat(setup.batch), setup.train_rng, steps)
+    summary = summarize(trace_events(trace_dir), module_name(hlo_text), parse_hlo(hlo_text), steps, step_s * steps, top)
     device = setup.mesh.devices.flat[0]
     return {
         "model": model,

@@ -98,7 +98,7 @@ def test_short_run_lowers_the_generator_fid(tmp_path, feature_checkpoint):
     assert sorted(p.name for p in (tmp_path / "samples").iterdir())[-1] == "samples_0000300.png"
 
 
-def test_lazy_r1_changes_only_the_discriminator_and_only_on_its_steps(feature_checkpoint):
+def test_lazy_r1_enters_the_discriminator_objective_only_on_its_steps(feature_checkpoint):
     """With r1_gamma, step 0 (a multiple of r1_every) adds gamma / 2 * r1_every * R1 to the discriminator's
     objective and changes its update; step 1 does not."""
     steps = {}
