@@ -25,7 +25,9 @@ Screens:  3,000 steps each, the non-saturating loss unless named, the config oth
           run: gamma 10: EMA 6.19 / 146.1 (trained 6.36 / 135.9); gamma 1: 6.56 / 115.6 (6.83 / 102.9). No
           gain, so off by default. Lazily it costs 8.94 -> 6.74-6.76 steps/s (medians over the logged
           windows); at every step (r1_every=1) the double backward pass through D made training 2.9x slower
-          (3.1 steps/s over its first 200 steps, against 8.9 for the default).
+          (3.1 steps/s over its first 200 steps, against 8.9 for the default). Adding R1's gradient inside the
+          penalised branch (no zero tree added on the other steps) then took the batch-128 step from 1.089x to
+          1.059x of the step without R1 (one process, 8 interleaved rounds of 16 steps: 189.3 -> 181.9 ms).
 Outputs:  `<workdir>/samples/samples_<step>.png` (EMA generator, fixed latents) at every evaluation;
           test metrics classifier_is, classifier_fid (EMA), raw_classifier_* (trained generator) and
           real_test_classifier_is, real_train_classifier_is, real_train_classifier_fid at the end.
