@@ -83,8 +83,8 @@ def encode(tokenizer: WordTokenizer, texts: Sequence[str], max_len: int) -> np.n
     return pad_or_truncate([tokenizer.encode(text) for text in texts], max_len)
 
 
-def make_task(config: ml_collections.ConfigDict, tokenizer: WordTokenizer, total_steps: int, test_arrays: dict) -> TextClassifierTask:
-    return TextClassifierTask(config, make_optimizer(config.optimizer, total_steps), tokenizer.vocab_size, test_arrays)
+def make_task(config: ml_collections.ConfigDict, tokenizer: WordTokenizer, total_steps: int) -> TextClassifierTask:
+    return TextClassifierTask(config, make_optimizer(config.optimizer, total_steps), tokenizer.vocab_size)
 
 
 def train_tokenizer(config: ml_collections.ConfigDict) -> WordTokenizer:
@@ -103,7 +103,7 @@ def build(config: ml_collections.ConfigDict, tokenizer: WordTokenizer | None = N
     steps = num_train_steps(config, loader.steps_per_epoch)
     return Experiment(
         name=NAME,
-        task=make_task(config, tokenizer, steps, test),
+        task=make_task(config, tokenizer, steps),
         train_data=loader,
         eval_data=lambda: eval_batches(test, config.eval_batch_size),
         num_train_steps=steps,
@@ -185,7 +185,7 @@ def predict(
         if len(row) == 0:
             raise GenjaxError(f"text {number} is empty (no words to classify); remove it or give a review")
     tokens = pad_or_truncate(ids, config.max_len)
-    task = make_task(config, tokenizer, max(config.num_train_steps, 1), {})
+    task = make_task(config, tokenizer, max(config.num_train_steps, 1))
     state = loop.restore_trained_state(workdir, NAME, task, {"tokens": tokens[:1], "label": np.zeros(1, np.int32)}, best)
     params = eval_params(state)
     probabilities = task.probabilities(params, tokens)

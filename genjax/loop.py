@@ -153,15 +153,30 @@ def compile_steps(task: Task, mesh: Mesh, state_shardings: Any, skip_nonfinite: 
     return train_step, eval_step
 
 
-def evaluate(experiment: Experiment, state: Any, eval_step, data_sharding, rng: jax.Array) -> dict[str, float]:
-    """Means over the whole evaluation split of the task's `eval_step` sums."""
-    totals = None
+def evaluate(
+    experiment: Experiment, state: Any, eval_step, data_sharding, rng: jax.Array
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(means over the whole evaluation split of the task's `eval_step` sums, its per-example `rows` over the
+    split: {name: [N, ...]}, real rows only, in the split's order; {} when `eval_step` returns none)."""
+    totals, rows = None, []
     for batch in experiment.eval_data():
-        sums = eval_step(state, to_global(batch, data_sharding), rng)
+        sums = dict(eval_step(state, to_global(batch, data_sharding), rng))
+        if "rows" in sums:
+            rows.append(sums.pop("rows"))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals.pop("count"))
-    return {k: float(v) / count for k, v in totals.items()}
+    return {k: float(v) / count for k, v in totals.items()}, real_rows(jax.device_get(rows))
+
+
+def real_rows(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-batch rows {name: [B, ...], "mask": [B]} -> {name: [N, ...]}: the rows where `mask` is True, concatenated."""
+    if not batches:
+        return {}
+    if "mask" not in batches[0]:
+        raise GenjaxError(f"eval_step's rows {sorted(batches[0])} lack 'mask'; add the batch's mask: rows['mask'] = batch['mask']")
+    mask = np.concatenate([rows["mask"] for rows in batches]).astype(bool)
+    return {name: np.concatenate([rows[name] for rows in batches])[mask] for name in batches[0] if name != "mask"}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, experiment: Experiment) -> dict[str, float]:
@@ -291,8 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             if at_checkpoint:
                 save(step)
             if at_eval and step != total_steps:
-                eval_metrics = evaluate(experiment, state, eval_step, data_sharding, eval_rng)
-                eval_metrics.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, final=False))
+                eval_metrics, rows = evaluate(experiment, state, eval_step, data_sharding, eval_rng)
+                eval_metrics.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, final=False, rows=rows))
                 logger.write(step, "test", eval_metrics)
                 if is_main:
                     print(f"step {step}  test " + "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
@@ -304,8 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 return {}
         if last_saved != step:
             save(step)
-        final = evaluate(experiment, state, eval_step, data_sharding, eval_rng)
-        final.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, final=True))
+        final, rows = evaluate(experiment, state, eval_step, data_sharding, eval_rng)
+        final.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, final=True, rows=rows))
         logger.write(step, "test", final)
         if is_main:
             print("final test " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import jax
 import ml_collections
+import numpy as np
 
 from genjax.data.loader import Batch, Loader
 from genjax.state import TrainState
@@ -27,12 +28,22 @@ class Task(Protocol):
         """
         ...
 
-    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
-        """Metric sums over the rows where `batch['mask']` is True, plus their `count`."""
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+        """Metric sums over the rows where `batch['mask']` is True, plus their `count`.
+
+        It may also return `rows`: per-example values {name: [B, ...]} that include the batch's `mask` [B].
+        The loop keeps the real rows, in the evaluation split's order, and hands them to `report`, so
+        metrics that need every example (ROC-AUC, a confusion matrix) take no second pass over the split.
+        """
         ...
 
-    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
-        """Host-side work after an evaluation (sample grids, final metrics); returns extra test metrics."""
+    def report(
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+    ) -> dict[str, float]:
+        """Host-side work after an evaluation (sample grids, final metrics); returns extra test metrics.
+
+        `rows`: this evaluation's per-example values from `eval_step`, {name: [N, ...]} ({} when it returns none).
+        """
         ...
 
 

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from experiments import mlp_mnist
+from genjax import loop, sharding
+from genjax.data import sources
+from genjax.data.loader import eval_batches, to_global
 from genjax.errors import GenjaxError
 from genjax.metrics_log import read_metrics
 from genjax.models.classifier import CNN, MLP, make_classifier
@@ -58,3 +61,32 @@ def test_short_mlp_run_reports_accuracy_f1_and_confusion_matrix(tmp_path, data_d
     assert 0.9 < final["f1_macro"] <= 1.0 and 0.9 < final["precision_macro"] <= 1.0 and 0.9 < final["recall_macro"] <= 1.0
     assert read_metrics(tmp_path, "test")[-1]["f1_macro"] == pytest.approx(final["f1_macro"])
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 10_000
+
+
+def test_evaluation_rows_hold_every_test_example_once_in_order(data_dir):
+    """`loop.evaluate` hands `report` the real rows of every batch, in the split's order, padding dropped."""
+    config = mlp_mnist.get_config()
+    config.update(dict(num_train_steps=1, download=False))
+    experiment = mlp_mnist.build(config)
+    test = sources.image_arrays("mnist", "test", data_dir, False)
+    subset = {k: v[:2500] for k, v in test.items()}
+    experiment.eval_data = lambda: eval_batches(subset, 1000)  # the last batch: 500 real rows, 500 of padding
+    mesh = sharding.make_mesh(1)
+    data_sharding = sharding.batch_sharding(mesh)
+    batch = to_global(experiment.train_data.batch_at(0), data_sharding)
+    _, state_shardings = loop.state_layout(experiment.task, mesh, jax.random.key(0), batch)
+    state = loop.init_state(experiment.task, state_shardings, jax.random.key(0), batch)
+    _, eval_step = loop.compile_steps(experiment.task, mesh, state_shardings)
+
+    metrics, rows = loop.evaluate(experiment, state, eval_step, data_sharding, jax.random.key(1))
+
+    assert set(rows) == {"prediction", "label"}
+    np.testing.assert_array_equal(rows["label"], subset["label"])
+    logits = experiment.task.model.apply({"params": state.params["model"]}, subset["image"].astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(rows["prediction"], np.argmax(logits, -1))
+    assert metrics["accuracy"] == pytest.approx(np.mean(rows["prediction"] == subset["label"]), abs=1e-6)
+
+
+def test_evaluation_rows_without_a_mask_are_a_clear_error():
+    with pytest.raises(GenjaxError, match=r"eval_step's rows \['label'\] lack 'mask'"):
+        loop.real_rows([{"label": np.zeros(4)}])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import pathlib
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,7 +19,7 @@ from genjax.data.loader import ShuffledArrayLoader, eval_batches
 from genjax.models.classifier import make_classifier
 from genjax.optim import Optimizer, make_optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
+from genjax.state import TrainState, create_train_state, eval_params, single_network_step
 from genjax.task import Experiment, num_train_steps
 
 
@@ -67,14 +67,14 @@ def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return {"loss": jnp.sum(loss * mask), "accuracy": jnp.sum(correct * mask), "count": mask.sum()}
 
+
 class ClassifierTask:
     """Softmax cross-entropy on uint8 images scaled to [0, 1]; optional on-device augmentation; dropout keys from the step rng."""
 
-    def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, optimizer: Optimizer, test: dict[str, np.ndarray]):
+    def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, optimizer: Optimizer):
         self.config = config
         self.model = model
         self.optimizer = optimizer
-        self.test = test  # {'image': uint8 [N, 28, 28, 1], 'label': int32 [N]}
 
     def _inputs(self, rng: jax.Array, images: jax.Array, train: bool) -> jax.Array:
         x = images.astype(jnp.float32) / 255.0
@@ -94,24 +94,20 @@ class ClassifierTask:
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
         return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
-    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+        """Loss and accuracy sums, and `rows`: the predicted class [B] with the labels, for the final confusion matrix."""
         logits = self.model.apply({"params": eval_params(state)}, self._inputs(rng, batch["image"], train=False))
-        return classification_sums(logits, batch["label"], batch["mask"])
+        rows = {"prediction": jnp.argmax(logits, -1), "label": batch["label"], "mask": batch["mask"]}
+        return {**classification_sums(logits, batch["label"], batch["mask"]), "rows": rows}
 
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def _predict(self, params, images: jax.Array) -> jax.Array:
-        return jnp.argmax(self.model.apply({"params": params}, images.astype(jnp.float32) / 255.0), -1)
-
-    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
-        """At the end: macro precision/recall/F1 over the whole test split and `<workdir>/confusion_matrix.png`."""
+    def report(
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+    ) -> dict[str, float]:
+        """At the end: macro precision/recall/F1 over the whole test split and `<workdir>/confusion_matrix.png`,
+        from the evaluation's rows."""
         if not final:
             return {}
-        params = local_copy(eval_params(state))
-        batch = self.config.eval_batch_size
-        predictions = np.concatenate(
-            [jax.device_get(self._predict(params, self.test["image"][i : i + batch])) for i in range(0, len(self.test["label"]), batch)]
-        )
-        confusion, metrics = classification_metrics(self.test["label"], predictions, self.model.num_classes)
+        confusion, metrics = classification_metrics(rows["label"], rows["prediction"], self.model.num_classes)
         if jax.process_index() == 0:
             title = f"test confusion matrix, step {step}, accuracy {100 * metrics['accuracy']:.2f}%"
             save_confusion_matrix(confusion, workdir / "confusion_matrix.png", title)
@@ -124,7 +120,7 @@ def build_experiment(config: ml_collections.ConfigDict, name: str) -> Experiment
     test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
     loader = ShuffledArrayLoader(train, config.batch_size, seed=config.seed)
     steps = num_train_steps(config, loader.steps_per_epoch)
-    task = ClassifierTask(config, make_classifier(config.model, compute_dtype(config.dtype)), make_optimizer(config.optimizer, steps), test)
+    task = ClassifierTask(config, make_classifier(config.model, compute_dtype(config.dtype)), make_optimizer(config.optimizer, steps))
     return Experiment(
         name=name,
         task=task,

@@ -222,7 +222,9 @@ class GANTask:
         images = jnp.concatenate([self._sample_chunk(variables, rng, i) for i in range(chunks)])
         return self.feature_network.scores(images[: self.config.num_quality_samples], self.test_statistics()[1:])
 
-    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
+    def report(
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+    ) -> dict[str, float]:
         """A grid of the EMA generator's samples of fixed latents and its classifier-IS/FID.
 
         At the end also the trained (non-EMA) generator's scores (`raw_` prefix) and the real data's own.

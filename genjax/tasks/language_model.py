@@ -81,7 +81,9 @@ class LanguageModelTask:
         tokens = sampling.generate(self.model, params, ids, rng, length, temperature, top_k)
         return [self.tokenizer.decode(row) for row in tokens]
 
-    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
+    def report(
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+    ) -> dict[str, float]:
         """Writes `<workdir>/samples/sample_<step>.txt` (prompt + continuations at the configured temperature/top-k)."""
         if jax.process_index() == 0:
             s = self.config.sample

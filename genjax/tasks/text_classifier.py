@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure
 from genjax.models.transformer import EncoderClassifier
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
+from genjax.state import TrainState, create_train_state, eval_params, single_network_step
 from genjax.tasks.classifier import classification_sums
 
 
@@ -81,11 +82,10 @@ def save_roc_png(probabilities: np.ndarray, labels: np.ndarray, path: pathlib.Pa
 class TextClassifierTask:
     """Trains an `EncoderClassifier` on {'tokens': int32 [B, L] (0 = padding), 'label': int32 [B]}."""
 
-    def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, vocab_size: int, test_arrays: dict[str, np.ndarray]):
+    def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, vocab_size: int):
         self.config = config
         self.model = model_from_config(config, vocab_size)
         self.optimizer = optimizer
-        self.test_arrays = test_arrays
 
     def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
         """A fresh state whose parameters (and optimizer moments) keep their logical-axis boxes (the loop unboxes)."""
@@ -103,9 +103,11 @@ class TextClassifierTask:
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
         return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
-    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+        """Loss and accuracy sums, and `rows`: P(label 1) [B] with the labels, for the final ROC-AUC."""
         logits = self.model.apply({"params": eval_params(state)}, batch["tokens"])
-        return classification_sums(logits, batch["label"], batch["mask"])
+        rows = {"probability": jax.nn.softmax(logits, -1)[:, 1], "label": batch["label"], "mask": batch["mask"]}
+        return {**classification_sums(logits, batch["label"], batch["mask"]), "rows": rows}
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def positive_probability(self, params, tokens: jax.Array) -> jax.Array:
@@ -117,14 +119,13 @@ class TextClassifierTask:
         size = self.config.eval_batch_size
         return np.concatenate([np.asarray(self.positive_probability(params, tokens[i : i + size])) for i in range(0, len(tokens), size)])
 
-    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
-        """At the end: test precision / recall / F1 / ROC-AUC and `<workdir>/roc_curve.png`."""
+    def report(
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+    ) -> dict[str, float]:
+        """At the end: test precision / recall / F1 / ROC-AUC and `<workdir>/roc_curve.png`, from the evaluation's rows."""
         if not final:
             return {}
-        params = local_copy(eval_params(state))
-        probabilities = self.probabilities(params, self.test_arrays["tokens"])
-        labels = self.test_arrays["label"]
-        metrics = binary_metrics(probabilities, labels)
+        metrics = binary_metrics(rows["probability"], rows["label"])
         if jax.process_index() == 0:
-            save_roc_png(probabilities, labels, workdir / "roc_curve.png", f"test ROC, step {step}")
+            save_roc_png(rows["probability"], rows["label"], workdir / "roc_curve.png", f"test ROC, step {step}")
         return {k: v for k, v in metrics.items() if k != "accuracy"}

@@ -142,7 +142,9 @@ class VAETask:
         z = jnp.stack(jnp.meshgrid(q, q[::-1], indexing="xy"), -1).reshape(-1, 2)
         return jax.nn.sigmoid(self.model.apply({"params": params}, z, method=VAE.decode))
 
-    def report(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool) -> dict[str, float]:
+    def report(
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+    ) -> dict[str, float]:
         """Sample, reconstruction (and manifold) grids; at the end, the IWAE `nll` on the test split."""
         params = local_copy(eval_params(state))
         if jax.process_index() == 0:
