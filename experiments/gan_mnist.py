@@ -28,6 +28,8 @@ Screens:  3,000 steps each, the non-saturating loss unless named, the config oth
           (3.1 steps/s over its first 200 steps, against 8.9 for the default). Adding R1's gradient inside the
           penalised branch (no zero tree added on the other steps) then took the batch-128 step from 1.089x to
           1.059x of the step without R1 (one process, 8 interleaved rounds of 16 steps: 189.3 -> 181.9 ms).
+          Cosine decay of both learning rates to 0 over the same 4 epochs (schedule=warmup_cosine, no warmup):
+          EMA 5.91 / 146.1 (trained 6.22 / 132.5) at its end, worse than the constant rate's 6.58 / 113.7; not kept.
 Outputs:  `<workdir>/samples/samples_<step>.png` (EMA generator, fixed latents) at every evaluation;
           test metrics classifier_is, classifier_fid (EMA), raw_classifier_* (trained generator) and
           real_test_classifier_is, real_train_classifier_is, real_train_classifier_fid at the end.
