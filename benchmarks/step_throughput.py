@@ -77,6 +77,7 @@ class Family:
       module: the experiment module, with `get_config()` and `build(config) -> Experiment`.
       recipe: passed as `get_config(recipe)` when set (the char LM's "gpu" recipe).
       overrides: config overrides (dotted key -> command-line text) that select the family in `module`.
+      build_kwargs: extra arguments of `build` (the GAN's `with_metrics=False`: no metric CNN to train first).
       forward: `(task, state, batch, rng) -> anything`, the forward passes of one step; the model
         FLOPs of a step are 3 times their matmul and convolution FLOPs (genjax/flops.py).
       tokens_per_example: for sequence models, `config -> tokens per example` (tokens/s are reported).
@@ -85,6 +86,7 @@ class Family:
     module: str
     recipe: str = ""
     overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+    build_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     forward: Callable[[Any, TrainState, dict, jax.Array], Any] = model_loss
     tokens_per_example: Callable[[ml_collections.ConfigDict], int] | None = None
 
@@ -96,7 +98,10 @@ FAMILIES: dict[str, Family] = {
     "cnn": Family("experiments.cnn_mnist"),
     # The speed target's anchor: a discriminator of 32 features, as every DCGAN figure in benchmarks/ was taken;
     # the experiment's default is 64 (its better FID). --config.model.discriminator_features=64 times that.
-    "dcgan": Family("experiments.gan_mnist", overrides={"model.discriminator_features": "32"}, forward=gan_forward),
+    # The step never runs the metric CNN, so none is loaded and no cnn_mnist run is needed first.
+    "dcgan": Family(
+        "experiments.gan_mnist", overrides={"model.discriminator_features": "32"}, build_kwargs={"with_metrics": False}, forward=gan_forward
+    ),
     "charlm": Family("experiments.charlm_shakespeare", tokens_per_example=lambda config: config.context),
     "charlm_gpu": Family("experiments.charlm_shakespeare", recipe="gpu", tokens_per_example=lambda config: config.context),
     "imdb": Family("experiments.transformer_imdb", tokens_per_example=lambda config: config.max_len),  # padded length
@@ -163,7 +168,7 @@ def set_up(family: Family, config: ml_collections.ConfigDict, bound: bool = Fals
     sharding_lib.check_batch_size(config.batch_size, mesh)
     if bound and mesh.devices.size > 1:
         raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {mesh.devices.size}")
-    experiment: Experiment = importlib.import_module(family.module).build(config)
+    experiment: Experiment = importlib.import_module(family.module).build(config, **family.build_kwargs)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     batch = to_global(experiment.train_data.batch_at(0), sharding_lib.batch_sharding(mesh))
     abstract_state, state_shardings = loop.state_layout(experiment.task, mesh, init_rng, batch)

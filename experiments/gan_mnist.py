@@ -72,9 +72,13 @@ def get_config() -> ml_collections.ConfigDict:
     return config
 
 
-def build(config: ml_collections.ConfigDict) -> Experiment:
-    """Data, the two optimizers, the metric CNN (loaded first, so a bad path fails at once) and the task."""
-    feature_network = load_feature_network(config.feature_checkpoint)
+def build(config: ml_collections.ConfigDict, with_metrics: bool = True) -> Experiment:
+    """Data, the two optimizers, the metric CNN (loaded first, so a bad path fails at once) and the task.
+
+    `with_metrics=False` (the step benchmarks) skips the metric CNN: the train step never uses it, and the
+    task's sample-quality scores then stop with an error.
+    """
+    feature_network = load_feature_network(config.feature_checkpoint) if with_metrics else None
     train = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)
     test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
     loader = ShuffledArrayLoader({"image": train["image"]}, config.batch_size, seed=config.seed)

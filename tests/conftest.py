@@ -79,13 +79,12 @@ def compile_cache(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture
-def family_args(request, data_dir):
+def family_args(data_dir):
     """model -> the `--config.*` arguments that build a benchmark family (benchmarks.step_throughput.FAMILIES)
-    quickly on the real data: the data dir, the GAN's metric CNN, a small IMDb vocabulary, one GPU-recipe layer."""
+    quickly on the real data: the data dir, a small IMDb vocabulary, one GPU-recipe layer (the GAN needs no metric CNN)."""
 
     def args(model: str) -> list[str]:
         extra = {
-            "dcgan": [f"--config.feature_checkpoint={request.getfixturevalue('feature_checkpoint')}"],
             "imdb": ["--config.train_examples=256", "--config.test_examples=16"],
             "charlm_gpu": ["--config.model.num_layers=1"],  # the recipe's width, heads, context and kernel; 6x less work
         }.get(model, [])

@@ -149,3 +149,12 @@ def test_unknown_loss_and_missing_feature_network_are_clear_errors(tmp_path, fea
         gan_mnist.build(small_config(feature_checkpoint, r1_gamma=-1.0))
     with pytest.raises(GenjaxError, match="feature checkpoint .* not found"):
         gan_mnist.build(small_config(tmp_path / "missing"))
+
+
+def test_a_task_built_without_metrics_trains_but_refuses_to_score(tmp_path):
+    """The step benchmarks build the GAN without its metric CNN: scoring samples is then a clear error."""
+    experiment = gan_mnist.build(small_config(tmp_path / "no_cnn_here"), with_metrics=False)
+    task = experiment.task
+    state = task.init_state(jax.random.key(0), experiment.train_data.batch_at(0))
+    with pytest.raises(GenjaxError, match=r"built without its metric CNN .* with_metrics=True"):
+        task.sample_quality(task.sampling_variables(state), jax.random.key(1))

@@ -33,7 +33,7 @@ def test_bf16_computes_in_bf16_and_keeps_float32_state(model, family_args):
     # The fused kernel's XLA fallback (CPU) takes the attention-score gradient in float32 by design.
     kernel = ["--config.model.attention_kernel=xla"] if model == "charlm_gpu" else []
     config = step_throughput.make_config(family, 8, "bfloat16", [*family_args(model), *kernel])
-    experiment = importlib.import_module(family.module).build(config)
+    experiment = importlib.import_module(family.module).build(config, **family.build_kwargs)
     mesh = sharding.make_mesh(1)
     batch = to_global(experiment.train_data.batch_at(0), sharding.batch_sharding(mesh))
     abstract_state, _ = loop.state_layout(experiment.task, mesh, jax.random.key(0), batch)

@@ -78,7 +78,7 @@ class GANTask:
         self,
         config: ml_collections.ConfigDict,
         optimizers: dict[str, Optimizer],
-        feature_network: FeatureNetwork,
+        feature_network: FeatureNetwork | None,
         train_images: np.ndarray,
         test_images: np.ndarray,
     ):
@@ -95,7 +95,7 @@ class GANTask:
         self.discriminator = Discriminator(features=config.model.discriminator_features, dtype=dtype)
         self.discriminator_loss, self.generator_loss = LOSSES[config.loss]
         self.optimizers = optimizers
-        self.feature_network = feature_network
+        self.feature_network = feature_network  # None: no sample-quality scores (built for the step benchmarks)
         self.train_images = train_images  # uint8 [N, 28, 28, 1], for the real-data calibration
         self.test_images = test_images  # uint8 [N, 28, 28, 1], the FID reference
         self.grid_latents = jax.random.normal(jax.random.key(config.seed), (NUM_GRID_SAMPLES, self.latents))
@@ -212,15 +212,21 @@ class GANTask:
 
     def test_statistics(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The test split's (logits, feature mean, feature covariance), computed once: the FID reference."""
+        if self.feature_network is None:
+            raise GenjaxError(
+                "this GAN task was built without its metric CNN (gan_mnist.build(config, with_metrics=False)), so it "
+                "cannot score samples; build it with with_metrics=True and --config.feature_checkpoint=<cnn_mnist workdir>"
+            )
         if self._test_statistics is None:
             self._test_statistics = self.feature_network.statistics(self.test_images.astype(np.float32) / 255.0)
         return self._test_statistics
 
     def sample_quality(self, variables: dict, rng: jax.Array) -> dict[str, float]:
         """classifier_is and classifier_fid (to the test split) of `num_quality_samples` generator samples."""
+        reference = self.test_statistics()[1:]  # first, as it checks that the task has its metric CNN
         chunks = -(-self.config.num_quality_samples // QUALITY_CHUNK)
         images = jnp.concatenate([self._sample_chunk(variables, rng, i) for i in range(chunks)])
-        return self.feature_network.scores(images[: self.config.num_quality_samples], self.test_statistics()[1:])
+        return self.feature_network.scores(images[: self.config.num_quality_samples], reference)
 
     def report(
         self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
