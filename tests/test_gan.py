@@ -64,10 +64,14 @@ def test_depth_to_space_places_channel_groups_as_sub_pixels():
     np.testing.assert_array_equal(y[0, 1, 3], x[0, 0, 1, 9:12])  # bottom-right of input pixel (0, 1)
 
 
-@pytest.mark.parametrize("upsample", ["subpixel", "transpose"])
-def test_networks_shapes_and_float32_params(upsample):
-    generator, discriminator = Generator(features=8, upsample=upsample, dtype=jnp.bfloat16), Discriminator(features=8)
+@pytest.mark.parametrize("upsample, hidden", [("subpixel", 0), ("subpixel", 12), ("transpose", 0)])
+def test_networks_shapes_and_float32_params(upsample, hidden):
+    generator = Generator(features=8, upsample=upsample, hidden=hidden, dtype=jnp.bfloat16)
+    discriminator = Discriminator(features=8)
     variables = generator.init(jax.random.key(0), jnp.zeros((3, 16)), train=False)
+    project_inputs = hidden or 16  # the latents, or the hidden layer's units
+    assert variables["params"]["project"]["kernel"].shape == (project_inputs, 7 * 7 * 16)
+    assert ("hidden" in variables["params"]) == (hidden > 0)
     images, updates = generator.apply(variables, jnp.ones((3, 16)), train=True, mutable=["batch_stats"])
     assert images.shape == (3, 28, 28, 1) and images.dtype == jnp.float32
     assert float(jnp.max(jnp.abs(images))) <= 1.0 and "batch_stats" in updates
@@ -80,7 +84,7 @@ def small_config(feature_checkpoint: pathlib.Path, **overrides):
     """A GAN small enough for a test: narrow networks, 1,000 quality samples."""
     config = gan_mnist.get_config()
     config.update(dict(batch_size=32, log_every=20, feature_checkpoint=str(feature_checkpoint), num_quality_samples=1000, download=False))
-    config.model.update(dict(latents=16, generator_features=16, discriminator_features=16))
+    config.model.update(dict(latents=16, generator_hidden=32, generator_features=16, discriminator_features=16))
     config.optimizers.generator.update(dict(learning_rate=1e-3, ema_decay=0.9))
     config.optimizers.discriminator.learning_rate = 1e-3
     config.update(overrides)

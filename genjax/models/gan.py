@@ -13,21 +13,27 @@ from genjax.models.upsample import Upsample
 
 
 class Generator(nn.Module):
-    """z [B, latents] -> Dense, BN, ReLU -> [B, 7, 7, 2f] -> 2x upsample, BN, ReLU -> [B, 14, 14, f]
-    -> 2x upsample, tanh -> images [B, 28, 28, 1] in [-1, 1].
+    """z [B, latents] -> (Dense, BN, ReLU -> [B, hidden]) -> Dense, BN, ReLU -> [B, 7, 7, 2f]
+    -> 2x upsample, BN, ReLU -> [B, 14, 14, f] -> 2x upsample, tanh -> images [B, 28, 28, 1] in [-1, 1].
+
+    `hidden` > 0 adds the fully connected layer in parentheses, as TF-GAN's MNIST generator has (1024 units);
+    0 projects the latents straight to 7x7.
 
     Batch norm uses the batch's statistics when `train` (updating `batch_stats`) and the running ones otherwise.
     """
 
     features: int = 64
     upsample: str = "subpixel"
+    hidden: int = 0
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, dtype=self.dtype, param_dtype=jnp.float32)
-        h = nn.Dense(7 * 7 * 2 * self.features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="project")(z)
-        h = nn.relu(norm(name="project_norm")(h)).reshape(z.shape[0], 7, 7, 2 * self.features)
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
+        h = nn.relu(norm(name="hidden_norm")(dense(self.hidden, name="hidden")(z))) if self.hidden else z
+        h = nn.relu(norm(name="project_norm")(dense(7 * 7 * 2 * self.features, name="project")(h)))
+        h = h.reshape(z.shape[0], 7, 7, 2 * self.features)
         h = Upsample(self.features, self.upsample, use_bias=False, dtype=self.dtype, name="up1")(h)
         h = nn.relu(norm(name="up1_norm")(h))
         return jnp.tanh(Upsample(1, self.upsample, dtype=self.dtype, name="up2")(h).astype(jnp.float32))

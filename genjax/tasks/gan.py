@@ -91,8 +91,9 @@ class GANTask:
         self.config = config
         self.latents = config.model.latents
         dtype = compute_dtype(config.dtype)
-        self.generator = Generator(features=config.model.generator_features, upsample=config.model.upsample, dtype=dtype)
-        self.discriminator = Discriminator(features=config.model.discriminator_features, dtype=dtype)
+        model = config.model
+        self.generator = Generator(features=model.generator_features, upsample=model.upsample, hidden=model.generator_hidden, dtype=dtype)
+        self.discriminator = Discriminator(features=model.discriminator_features, dtype=dtype)
         self.discriminator_loss, self.generator_loss = LOSSES[config.loss]
         self.optimizers = optimizers
         self.feature_network = feature_network  # None: no sample-quality scores (built for the step benchmarks)
