@@ -14,8 +14,8 @@ alternating windows of both so that a change of machine load hits both alike.
 The first call (trace, compile, one step) and a few warm-up steps are not timed; the timed
 steps run in windows, each closed by `block_until_ready`, and the median and 90th percentile
 are over the windows' per-step times. MFU is model FLOPs per second over the peak of all devices
-(benchmarks/peaks.py: published, or on CPU a large matmul timed after every window, in the same
-process and under the same load), the median over windows. FLOP conventions: genjax/flops.py.
+(benchmarks/peaks.py: published, or on CPU the fastest of three large matmuls timed after every window,
+in the same process and under the same load), the median over windows. FLOP conventions: genjax/flops.py.
 `--matmul-bound` adds the step's matmul-only bound and the MFU ceiling it implies (benchmarks/matmul_bound.py).
 """
 
