@@ -58,9 +58,8 @@ class PeakMeter:
 
     On CPU (or an unknown accelerator) each `sample()` times MATMULS_PER_SAMPLE square matmuls
     (MATMUL_SIZE) in `dtype` one after another and keeps the fastest, rows of the left operand split
-    over the devices like a batch. Sampling between
-    timed step windows keeps step and yardstick under the same machine load, which matters
-    on a shared host (emulated devices share its cores).
+    over the devices like a batch. Sampling between timed step windows keeps step and yardstick under
+    the same machine load, which matters on a shared host (emulated devices share its cores).
     """
 
     def __init__(self, mesh: Mesh, dtype: Any):
