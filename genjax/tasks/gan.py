@@ -89,9 +89,9 @@ class GANTask:
         if config.r1_every < 1:
             raise GenjaxError(f"r1_every={config.r1_every} must be >= 1 (1: the penalty at every step; 16: every 16th, weighted 16x)")
         self.config = config
-        self.latents = config.model.latents
-        dtype = compute_dtype(config.dtype)
         model = config.model
+        self.latents = model.latents
+        dtype = compute_dtype(config.dtype)
         self.generator = Generator(features=model.generator_features, upsample=model.upsample, hidden=model.generator_hidden, dtype=dtype)
         self.discriminator = Discriminator(features=model.discriminator_features, dtype=dtype)
         self.discriminator_loss, self.generator_loss = LOSSES[config.loss]

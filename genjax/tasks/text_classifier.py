@@ -79,6 +79,11 @@ def save_roc_png(probabilities: np.ndarray, labels: np.ndarray, path: pathlib.Pa
     figure.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def positive_class_probability(logits: jax.Array) -> jax.Array:
+    """P(label 1) from two-class logits [B, 2] -> [B]."""
+    return jax.nn.softmax(logits, -1)[:, 1]
+
+
 class TextClassifierTask:
     """Trains an `EncoderClassifier` on {'tokens': int32 [B, L] (0 = padding), 'label': int32 [B]}."""
 
@@ -106,13 +111,13 @@ class TextClassifierTask:
     def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
         """Loss and accuracy sums, and `rows`: P(label 1) [B] with the labels, for the final ROC-AUC."""
         logits = self.model.apply({"params": eval_params(state)}, batch["tokens"])
-        rows = {"probability": jax.nn.softmax(logits, -1)[:, 1], "label": batch["label"], "mask": batch["mask"]}
+        rows = {"probability": positive_class_probability(logits), "label": batch["label"], "mask": batch["mask"]}
         return {**classification_sums(logits, batch["label"], batch["mask"]), "rows": rows}
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def positive_probability(self, params, tokens: jax.Array) -> jax.Array:
         """P(label 1): tokens int32 [B, L] -> [B]."""
-        return jax.nn.softmax(self.model.apply({"params": params}, tokens), -1)[:, 1]
+        return positive_class_probability(self.model.apply({"params": params}, tokens))
 
     def probabilities(self, params, tokens: np.ndarray) -> np.ndarray:
         """P(label 1) for every row of tokens [N, L] (all rows, on every process), in batches of `eval_batch_size`."""
