@@ -165,7 +165,7 @@ class Checkpointer:
             try:
                 meta = self.restore_meta(step)
             except Exception as error:  # orbax raises many types for damaged files
-                self.report_damage(step, first_line(root_cause(error)))
+                self.report_damage(step, error)
                 damaged.append(step)
                 continue
             if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -177,7 +177,7 @@ class Checkpointer:
             try:
                 state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
             except Exception as error:
-                self.report_damage(step, first_line(root_cause(error)))
+                self.report_damage(step, error)
                 damaged.append(step)
                 continue
             mismatch = fingerprint_mismatch(meta, state)
@@ -201,8 +201,11 @@ class Checkpointer:
             raise ValueError(f"meta is a {type(meta).__name__}, not a JSON object")
         return dict(meta)
 
-    def report_damage(self, step: int, reason: str, consequence: str = "trying the previous one") -> None:
-        """Warns on stderr that checkpoint `step` is damaged, why, and what the run does about it."""
+    def report_damage(self, step: int, reason: str | BaseException, consequence: str = "trying the previous one") -> None:
+        """Warns on stderr that checkpoint `step` is damaged, why (an error: the first line of its root cause),
+        and what the run does about it."""
+        if isinstance(reason, BaseException):
+            reason = first_line(root_cause(reason))
         print(f"warning: checkpoint {self.path(step)} is damaged ({reason}); {consequence}", file=sys.stderr, flush=True)
 
     def set_aside(self, steps: list[int]) -> None:
@@ -262,7 +265,7 @@ class BestCheckpoint:
         try:
             meta = self.checkpointer.restore_meta(steps[-1])
         except Exception as error:  # orbax raises many types for damaged files
-            self.checkpointer.report_damage(steps[-1], first_line(root_cause(error)), "ranking evaluations from scratch")
+            self.checkpointer.report_damage(steps[-1], error, "ranking evaluations from scratch")
             self.checkpointer.set_aside(steps[-1:])
             return None
         check_meta(meta, path)
