@@ -64,14 +64,18 @@ def test_depth_to_space_places_channel_groups_as_sub_pixels():
     np.testing.assert_array_equal(y[0, 1, 3], x[0, 0, 1, 9:12])  # bottom-right of input pixel (0, 1)
 
 
-@pytest.mark.parametrize("upsample, hidden", [("subpixel", 0), ("subpixel", 12), ("transpose", 0)])
-def test_networks_shapes_and_float32_params(upsample, hidden):
-    generator = Generator(features=8, upsample=upsample, hidden=hidden, dtype=jnp.bfloat16)
+@pytest.mark.parametrize("upsample, hidden, top", [("subpixel", 0, 0), ("subpixel", 12, 0), ("transpose", 0, 0), ("subpixel", 0, 4), ("transpose", 0, 4)])
+def test_networks_shapes_and_float32_params(upsample, hidden, top):
+    generator = Generator(features=8, upsample=upsample, hidden=hidden, top_features=top, dtype=jnp.bfloat16)
     discriminator = Discriminator(features=8)
     variables = generator.init(jax.random.key(0), jnp.zeros((3, 16)), train=False)
     project_inputs = hidden or 16  # the latents, or the hidden layer's units
     assert variables["params"]["project"]["kernel"].shape == (project_inputs, 7 * 7 * 16)
     assert ("hidden" in variables["params"]) == (hidden > 0)
+    if top:  # a 28x28 stage of `top` channels, then a 3x3 convolution to the image
+        assert variables["params"]["to_image"]["kernel"].shape == (3, 3, top, 1) and "up2_norm" in variables["params"]
+    else:
+        assert "to_image" not in variables["params"]
     images, updates = generator.apply(variables, jnp.ones((3, 16)), train=True, mutable=["batch_stats"])
     assert images.shape == (3, 28, 28, 1) and images.dtype == jnp.float32
     assert float(jnp.max(jnp.abs(images))) <= 1.0 and "batch_stats" in updates

@@ -17,7 +17,8 @@ class Generator(nn.Module):
     -> 2x upsample, BN, ReLU -> [B, 14, 14, f] -> 2x upsample, tanh -> images [B, 28, 28, 1] in [-1, 1].
 
     `hidden` > 0 adds the fully connected layer in parentheses, as TF-GAN's MNIST generator has (1024 units);
-    0 projects the latents straight to 7x7.
+    0 projects the latents straight to 7x7. `top_features` > 0 makes the second upsampling end in
+    [B, 28, 28, top_features] (BN, ReLU) and a 3x3 convolution to the image, as TF-GAN's ends at full resolution.
 
     Batch norm uses the batch's statistics when `train` (updating `batch_stats`) and the running ones otherwise.
     """
@@ -25,6 +26,7 @@ class Generator(nn.Module):
     features: int = 64
     upsample: str = "subpixel"
     hidden: int = 0
+    top_features: int = 0
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -36,7 +38,12 @@ class Generator(nn.Module):
         h = h.reshape(z.shape[0], 7, 7, 2 * self.features)
         h = Upsample(self.features, self.upsample, use_bias=False, dtype=self.dtype, name="up1")(h)
         h = nn.relu(norm(name="up1_norm")(h))
-        return jnp.tanh(Upsample(1, self.upsample, dtype=self.dtype, name="up2")(h).astype(jnp.float32))
+        if self.top_features:
+            h = nn.relu(norm(name="up2_norm")(Upsample(self.top_features, self.upsample, use_bias=False, dtype=self.dtype, name="up2")(h)))
+            h = nn.Conv(1, (3, 3), dtype=self.dtype, param_dtype=jnp.float32, name="to_image")(h)
+        else:
+            h = Upsample(1, self.upsample, dtype=self.dtype, name="up2")(h)
+        return jnp.tanh(h.astype(jnp.float32))
 
 
 class Discriminator(nn.Module):

@@ -92,7 +92,8 @@ class GANTask:
         model = config.model
         self.latents = model.latents
         dtype = compute_dtype(config.dtype)
-        self.generator = Generator(features=model.generator_features, upsample=model.upsample, hidden=model.generator_hidden, dtype=dtype)
+        self.generator = Generator(features=model.generator_features, upsample=model.upsample, hidden=model.generator_hidden,
+                                   top_features=model.generator_top_features, dtype=dtype)
         self.discriminator = Discriminator(features=model.discriminator_features, dtype=dtype)
         self.discriminator_loss, self.generator_loss = LOSSES[config.loss]
         self.optimizers = optimizers
