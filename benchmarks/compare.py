@@ -6,8 +6,9 @@ Command:  python -m benchmarks.compare --model imdb --batch-size 64 --steps 100 
               --variant blocked --config.model.attention_kernel=blocked
 `--config.*` arguments before the first `--variant` apply to every variant; those after `--variant NAME`
 to that variant alone. A variant's `--dots=openblas` runs its float32 dots in numpy's OpenBLAS through
-an XLA custom call instead of XLA's own kernels (benchmarks/blas_dots.py; one CPU device, needs g++). Each variant is built and compiled as in `benchmarks.step_throughput` (its real
-jitted train step, a device-resident batch, no input pipeline). Then `rounds` rounds each time one
+an XLA custom call instead of XLA's own kernels (benchmarks/blas_dots.py; one CPU device, needs g++).
+Each variant is built and compiled as in `benchmarks.step_throughput` (its real jitted train step, a
+device-resident batch, no input pipeline). Then `rounds` rounds each time one
 window of steps per variant, the order rotated every round, so a change of machine load hits every
 variant alike: on a shared machine, runs in separate processes minutes apart differ by more than the
 few per cent a change is often worth (benchmarks/RESULTS.md).
