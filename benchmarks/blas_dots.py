@@ -24,6 +24,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 
+from benchmarks import matmul_bound
 from genjax import loop
 from genjax import sharding as sharding_lib
 from genjax.errors import GenjaxError
@@ -72,12 +73,10 @@ def openblas_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> jax.
 
     Output shape as dot_general's: [batch dims..., lhs free dims..., rhs free dims...].
     """
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    lhs_free = [d for d in range(lhs.ndim) if d not in lhs_contract and d not in lhs_batch]
-    rhs_free = [d for d in range(rhs.ndim) if d not in rhs_contract and d not in rhs_batch]
+    (lhs_batch, lhs_free, lhs_contract), (rhs_batch, rhs_contract, rhs_free) = matmul_bound.matrix_axes(lhs.ndim, rhs.ndim, dimension_numbers)
     size = lambda x, dims: int(np.prod([x.shape[d] for d in dims]))
-    a, trans_a = _as_matrices(lhs, list(lhs_batch), lhs_free, list(lhs_contract))
-    b, trans_b = _as_matrices(rhs, list(rhs_batch), list(rhs_contract), rhs_free)
+    a, trans_a = _as_matrices(lhs, lhs_batch, lhs_free, lhs_contract)
+    b, trans_b = _as_matrices(rhs, rhs_batch, rhs_contract, rhs_free)
     m, n, k, batch = size(lhs, lhs_free), size(rhs, rhs_free), size(lhs, lhs_contract), size(lhs, lhs_batch)
     out_shape = [lhs.shape[d] for d in (*lhs_batch, *lhs_free)] + [rhs.shape[d] for d in rhs_free]
     flat = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((batch * m * n,), jnp.float32))(
@@ -116,6 +115,7 @@ def _evaluate(jaxpr: jex_core.Jaxpr, consts: list, *args: Any) -> list:
 
 
 def _scan(eqn: jex_core.JaxprEqn, inputs: list) -> list:
+    """The outputs of scan equation `eqn` on `inputs`, its body evaluated by `_evaluate` (OpenBLAS dots)."""
     params, body = eqn.params, eqn.params["jaxpr"]
     num_consts, num_carry = params["num_consts"], params["num_carry"]
     consts, init, xs = inputs[:num_consts], inputs[num_consts:num_consts + num_carry], inputs[num_consts + num_carry:]

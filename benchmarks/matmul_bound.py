@@ -57,16 +57,23 @@ def _time_equation(eqn: Any) -> float:
     return _median_call_seconds(lambda: call(*operands))
 
 
+def matrix_axes(lhs_ndim: int, rhs_ndim: int, dimension_numbers: Any) -> tuple[tuple[list[int], ...], tuple[list[int], ...]]:
+    """The axes of a dot_general's operands grouped as matrices: ((batch, M, K) of the left one,
+    (batch, K, N) of the right one), M and N being the free axes."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    lhs_free = [d for d in range(lhs_ndim) if d not in lhs_contract and d not in lhs_batch]
+    rhs_free = [d for d in range(rhs_ndim) if d not in rhs_contract and d not in rhs_batch]
+    return (list(lhs_batch), lhs_free, list(lhs_contract)), (list(rhs_batch), list(rhs_contract), rhs_free)
+
+
 def blas_operands(eqn: Any, lhs: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The operands of dot_general `eqn` as contiguous [batch, M, K] and [batch, K, N] arrays (batch 1 when it
     has none): `np.matmul` of them, reshaped to the equation's output shape, is its result."""
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
-    lhs_free = [d for d in range(lhs.ndim) if d not in lhs_contract and d not in lhs_batch]
-    rhs_free = [d for d in range(rhs.ndim) if d not in rhs_contract and d not in rhs_batch]
-    batch = int(np.prod([lhs.shape[d] for d in lhs_batch]))
-    depth = int(np.prod([lhs.shape[d] for d in lhs_contract]))
-    left = lhs.transpose([*lhs_batch, *lhs_free, *lhs_contract]).reshape(batch, -1, depth)
-    right = rhs.transpose([*rhs_batch, *rhs_contract, *rhs_free]).reshape(batch, depth, -1)
+    lhs_axes, rhs_axes = matrix_axes(lhs.ndim, rhs.ndim, eqn.params["dimension_numbers"])
+    batch = int(np.prod([lhs.shape[d] for d in lhs_axes[0]]))
+    depth = int(np.prod([lhs.shape[d] for d in lhs_axes[2]]))
+    left = lhs.transpose([d for axes in lhs_axes for d in axes]).reshape(batch, -1, depth)
+    right = rhs.transpose([d for axes in rhs_axes for d in axes]).reshape(batch, depth, -1)
     return np.ascontiguousarray(left), np.ascontiguousarray(right)
 
 
@@ -91,15 +98,17 @@ def distinct_matmuls(fn: Callable[..., Any], *args: Any) -> list[tuple[Any, int]
     return [(eqn, count) for eqn, count in found.values()]
 
 
-def matmul_bounds_s(fn: Callable[..., Any], *args: Any) -> tuple[float, float]:
+def matmul_bounds_s(fn: Callable[..., Any], *args: Any) -> tuple[float, float | None]:
     """Seconds (XLA, best): the sum over the matmuls and convolutions of `fn(*args)` (args may be abstract)
     of each one's time alone, times how often it runs; with XLA's kernels, and with each dot at the faster
-    of XLA and numpy's BLAS.
+    of XLA and numpy's BLAS. Best is None off the CPU, where numpy's host BLAS is no alternative kernel.
 
     Every XLA timing comes first: OpenBLAS's threads keep spinning after a call and would slow XLA's."""
     found = distinct_matmuls(fn, *args)
-    xla = [_time_equation(eqn) for eqn, _ in found]
-    blas = [_time_blas_dot(eqn) for eqn, _ in found]
     counts = [count for _, count in found]
+    xla = [_time_equation(eqn) for eqn, _ in found]
+    if jax.devices()[0].platform != "cpu":
+        return float(np.dot(xla, counts)), None
+    blas = [_time_blas_dot(eqn) for eqn, _ in found]
     best = [x if b is None else min(x, b) for x, b in zip(xla, blas)]
     return float(np.dot(xla, counts)), float(np.dot(best, counts))

@@ -254,7 +254,7 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
         "compile_s": compile_s,
         "matmul_bound_ms": bound_s * 1e3 if bound_s else None,
         "mfu_ceiling": mfu * step_s / bound_s if bound_s else None,  # the MFU at the bound, against the same peak
-        "matmul_bound_blas_ms": blas_bound_s * 1e3 if blas_bound_s else None,  # each dot at the faster of XLA and numpy's BLAS
+        "matmul_bound_blas_ms": blas_bound_s * 1e3 if blas_bound_s else None,  # each dot at the faster of XLA and numpy's BLAS; CPU only
         "mfu_ceiling_blas": mfu * step_s / blas_bound_s if blas_bound_s else None,
         "synthetic_step_ms_median": summary(synthetic)["step_ms_median"],
         "real_over_synthetic": summary(synthetic)["step_ms_median"] / timed["step_ms_median"] if real else None,

@@ -103,14 +103,15 @@ def test_matmul_bound_of_a_real_step(capsys, data_dir):
     assert result["versions"]["numpy_blas"]
 
 
-@pytest.mark.parametrize(
-    "lhs_shape, rhs_shape, dimension_numbers",
-    [
-        ((8, 12), (12, 5), (((1,), (0,)), ((), ()))),  # x @ w
-        ((8, 12), (8, 5), (((0,), (0,)), ((), ()))),  # a weight gradient: contracts the batch
-        ((3, 4, 6, 2), (3, 2, 6, 5), (((2, 3), (2, 1)), ((0,), (0,)))),  # attention-like: batch, two contracted axes
-    ],
-)
+DOTS = [  # (lhs shape, rhs shape, dimension numbers) of the dot forms a train step has
+    ((8, 12), (12, 5), (((1,), (0,)), ((), ()))),  # x @ w
+    ((8, 12), (8, 5), (((0,), (0,)), ((), ()))),  # a weight gradient, contracting the batch: the left operand transposed
+    ((8, 12), (5, 12), (((1,), (1,)), ((), ()))),  # dy @ w.T: the right operand transposed
+    ((3, 4, 6, 2), (3, 2, 6, 5), (((2, 3), (2, 1)), ((0,), (0,)))),  # attention-like: batch, two contracted axes
+]
+
+
+@pytest.mark.parametrize("lhs_shape, rhs_shape, dimension_numbers", DOTS)
 def test_blas_operands_reproduce_the_dot(lhs_shape, rhs_shape, dimension_numbers):
     """np.matmul of the [batch, M, K] @ [batch, K, N] operands, reshaped, is the dot_general itself."""
     lhs = np.random.default_rng(0).standard_normal(lhs_shape, np.float32)
@@ -223,15 +224,7 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="--dots=openb
 
 
 @needs_gxx
-@pytest.mark.parametrize(
-    "lhs_shape, rhs_shape, dimension_numbers",
-    [
-        ((8, 12), (12, 5), (((1,), (0,)), ((), ()))),  # x @ w
-        ((8, 12), (8, 5), (((0,), (0,)), ((), ()))),  # a weight gradient: the left operand transposed, no copy
-        ((8, 12), (5, 12), (((1,), (1,)), ((), ()))),  # dy @ w.T: the right operand transposed, no copy
-        ((3, 4, 6, 2), (3, 2, 6, 5), (((2, 3), (2, 1)), ((0,), (0,)))),  # batched, two contracted axes: a copy
-    ],
-)
+@pytest.mark.parametrize("lhs_shape, rhs_shape, dimension_numbers", DOTS)
 def test_openblas_dot_is_the_dot(lhs_shape, rhs_shape, dimension_numbers):
     lhs = jax.random.normal(jax.random.key(0), lhs_shape)
     rhs = jax.random.normal(jax.random.key(1), rhs_shape)
