@@ -19,6 +19,7 @@ Loss is in nats per character (`loss`), also reported as `bits_per_char`; sample
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 from typing import Sequence
 
@@ -27,13 +28,14 @@ import ml_collections
 import numpy as np
 
 from genjax import cli, loop
+from genjax import workdir as workdir_lib
 from genjax import config as config_lib
 from genjax.data import sources
 from genjax.data.text import CharTokenizer, TokenWindowLoader, eval_windows, load_tokenizer, save_tokenizer
 from genjax.errors import GenjaxError
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.state import eval_params
-from genjax.task import Experiment, loop_config, num_train_steps
+from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
 from genjax.tasks.language_model import LanguageModelTask
 
 NAME = "charlm_shakespeare"
@@ -103,28 +105,25 @@ def make_task(config: ml_collections.ConfigDict, tokenizer: CharTokenizer, total
 def build(config: ml_collections.ConfigDict, tokenizer: CharTokenizer | None = None) -> Experiment:
     """Data, optimizer and task; the tokenizer is trained on the train split unless given."""
     train_text = sources.text(config.dataset, "train", config.data_dir, config.download)
-    valid_text = sources.text(config.dataset, "validation", config.data_dir, config.download)
     tokenizer = tokenizer or CharTokenizer.train(train_text)
     loader = TokenWindowLoader(tokenizer.encode(train_text), config.context, config.batch_size, config.seed)
-    valid_tokens = tokenizer.encode(valid_text)
+    held_out = {split: tokenizer.encode(sources.text(config.dataset, split, config.data_dir, config.download)) for split in (VALIDATION, TEST)}
     steps = num_train_steps(config, loader.steps_per_epoch)
     return Experiment(
         name=NAME,
         task=make_task(config, tokenizer, steps),
         train_data=loader,
-        eval_data=lambda: eval_windows(valid_tokens, config.context, config.eval_batch_size),
+        eval_data={split: functools.partial(eval_windows, tokens, config.context, config.eval_batch_size) for split, tokens in held_out.items()},
         num_train_steps=steps,
+        workdir_files={TOKENIZER_FILE: functools.partial(save_tokenizer, tokenizer)},
+        data_signature={"dataset": config.dataset, "train_tokens": len(loader.tokens), **{f"{k}_tokens": len(v) for k, v in held_out.items()}},
     )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    """Trains (resuming if possible); the tokenizer is saved as `<workdir>/tokenizer.json` (and reused on resume)."""
-    workdir = pathlib.Path(workdir)
-    saved = workdir / TOKENIZER_FILE
-    experiment = build(config, load_tokenizer(saved) if saved.exists() else None)
-    if jax.process_index() == 0 and not saved.exists():
-        save_tokenizer(experiment.task.tokenizer, saved)
-    return loop.train_and_evaluate(config, workdir, experiment)
+    """Trains (resuming if possible); the tokenizer is kept as `<workdir>/tokenizer.json` (and reused on resume)."""
+    saved = workdir_lib.check_path(workdir) / TOKENIZER_FILE
+    return loop.train_and_evaluate(config, workdir, build(config, load_tokenizer(saved) if saved.exists() else None))
 
 
 def sample(
@@ -133,8 +132,8 @@ def sample(
     """Continuations of `prompt` from the newest checkpoint in `workdir`, or with `best` the one kept by
     `config.best_metric` (KV-cached, jitted)."""
     workdir = pathlib.Path(workdir)
+    config = config_lib.load_saved_config(get_config(), workdir, NAME)  # config.json holds every field, recipe included
     tokenizer = load_tokenizer(workdir / TOKENIZER_FILE)
-    config = config_lib.load_saved_config(get_config(), workdir)  # config.json holds every field, recipe included
     task = make_task(config, tokenizer, max(config.num_train_steps, 1))
     example = {"tokens": np.zeros((1, config.context + 1), np.int32)}
     state = loop.restore_trained_state(workdir, NAME, task, example, best)

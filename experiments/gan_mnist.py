@@ -60,16 +60,18 @@ import numpy as np
 
 from genjax import cli, loop
 from genjax.data import sources
-from genjax.data.loader import ShuffledArrayLoader, eval_batches
+from genjax.data.loader import ShuffledArrayLoader, eval_splits
+from genjax.data.splits import hold_out
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.sample_quality import load_feature_network
-from genjax.task import Experiment, loop_config, num_train_steps
+from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
 from genjax.tasks.gan import GANTask
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = loop_config(num_epochs=20, batch_size=64, eval_batch_size=1000, checkpoint_every=1000)
     config.dataset = "mnist"
+    config.validation_examples = 5000  # the last 5,000 train images (train[55000:]): the validation split, never trained on
     config.feature_checkpoint = ""  # a cnn_mnist workdir (or its checkpoints/<step>): the metric network
     config.num_quality_samples = 10000  # samples per classifier-IS/FID evaluation
     config.loss = "hinge"  # hinge | non_saturating (both measured: see Result above)
@@ -101,19 +103,23 @@ def build(config: ml_collections.ConfigDict, with_metrics: bool = True) -> Exper
     task's sample-quality scores then stop with an error.
     """
     feature_network = load_feature_network(config.feature_checkpoint) if with_metrics else None
-    train = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)
+    images = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)["image"]
+    train, validation = hold_out({"image": images}, config.validation_examples)
     test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
-    loader = ShuffledArrayLoader({"image": train["image"]}, config.batch_size, seed=config.seed)
+    held_out = {VALIDATION: validation["image"], TEST: test["image"]}
+    loader = ShuffledArrayLoader(train, config.batch_size, seed=config.seed)
     steps = num_train_steps(config, loader.steps_per_epoch)
     optimizers = {name: make_optimizer(config.optimizers[name], steps) for name in ("generator", "discriminator")}
-    task = GANTask(config, optimizers, feature_network, train["image"], test["image"])
-    eval_arrays = {"image": test["image"], "index": np.arange(len(test["image"]), dtype=np.int32)}
+    task = GANTask(config, optimizers, feature_network, train["image"], held_out)
+    # Each row's index picks its latent vector: the same sample for a row at every evaluation.
+    eval_arrays = {split: {"image": x, "index": np.arange(len(x), dtype=np.int32)} for split, x in held_out.items()}
     return Experiment(
         name="gan_mnist",
         task=task,
         train_data=loader,
-        eval_data=lambda: eval_batches(eval_arrays, config.eval_batch_size),
+        eval_data=eval_splits(eval_arrays, config.eval_batch_size),
         num_train_steps=steps,
+        data_signature={"dataset": config.dataset, "train": len(train["image"]), **{k: len(v) for k, v in held_out.items()}},
     )
 
 

@@ -17,8 +17,9 @@ The word tokenizer is trained on the training split only and saved as <workdir>/
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -26,14 +27,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from genjax import cli, loop
+from genjax import workdir as workdir_lib
 from genjax import config as config_lib
 from genjax.data import sources
-from genjax.data.loader import ShuffledArrayLoader, eval_batches
+from genjax.data.loader import ShuffledArrayLoader, eval_splits
+from genjax.data.splits import hold_out
 from genjax.data.text import WordTokenizer, load_tokenizer, pad_or_truncate, save_tokenizer
 from genjax.errors import GenjaxError
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.state import eval_params
-from genjax.task import Experiment, loop_config, num_train_steps
+from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
 from genjax.tasks.text_classifier import TextClassifierTask
 
 NAME = "transformer_imdb"
@@ -47,13 +50,14 @@ def get_config() -> ml_collections.ConfigDict:
         batch_size=64,
         eval_batch_size=500,
         log_every=100,
-        eval_every=10**9,  # the test split is the only held-out data: evaluate once, at the end
+        eval_every=0,  # once per epoch, on the validation split
         checkpoint_every=500,
     )
     config.dataset = "imdb_reviews"
     config.vocab_size = 20000  # words kept by the tokenizer (with <pad> and <unk>)
     config.max_len = 512  # words per review; 7.6% of training reviews are longer and get cut; shorter ones are padded
-    config.train_examples = 0  # 0: the whole split; > 0: the first n (smoke runs and tests)
+    config.validation_examples = 2500  # the last 2,500 train reviews (train[22500:]): the validation split, never trained on
+    config.train_examples = 0  # 0: the rest of the train split; > 0: its first n (smoke runs and tests)
     config.test_examples = 0
     config.grad_accum_steps = 1
     config.model = ml_collections.ConfigDict(
@@ -89,40 +93,47 @@ def make_task(config: ml_collections.ConfigDict, tokenizer: WordTokenizer, total
     return TextClassifierTask(config, make_optimizer(config.optimizer, total_steps), tokenizer.vocab_size)
 
 
+def training_reviews(config: ml_collections.ConfigDict) -> tuple[tuple[list[str], np.ndarray], dict[str, Any]]:
+    """((texts, labels) trained on, validation {"text", "label"}): the train split's last `validation_examples`
+    reviews validate; of the rest, the first `train_examples` (0: all) are trained on."""
+    texts, labels = sources.labelled_texts(config.dataset, "train", config.data_dir, config.download)
+    train, validation = hold_out({"text": texts, "label": labels}, config.validation_examples)
+    limit = config.train_examples if config.train_examples > 0 else len(train["label"])
+    return (train["text"][:limit], train["label"][:limit]), validation
+
+
 def train_tokenizer(config: ml_collections.ConfigDict) -> WordTokenizer:
-    """The word tokenizer of the (first `train_examples`) training reviews; the test split is never seen."""
-    return WordTokenizer.train(_split(config, "train", config.train_examples)[0], config.vocab_size)
+    """The word tokenizer of the reviews trained on; the validation and test reviews are never seen."""
+    return WordTokenizer.train(training_reviews(config)[0][0], config.vocab_size)
 
 
 def build(config: ml_collections.ConfigDict, tokenizer: WordTokenizer | None = None) -> Experiment:
     """Data, optimizer and task; the tokenizer is trained on the training texts unless given."""
-    train_texts, train_labels = _split(config, "train", config.train_examples)
+    (train_texts, train_labels), validation = training_reviews(config)
     test_texts, test_labels = _split(config, "test", config.test_examples)
     tokenizer = tokenizer or train_tokenizer(config)
     train = {"tokens": encode(tokenizer, train_texts, config.max_len), "label": train_labels}
-    test = {"tokens": encode(tokenizer, test_texts, config.max_len), "label": test_labels}
+    held_out = {
+        VALIDATION: {"tokens": encode(tokenizer, validation["text"], config.max_len), "label": validation["label"]},
+        TEST: {"tokens": encode(tokenizer, test_texts, config.max_len), "label": test_labels},
+    }
     loader = ShuffledArrayLoader(train, config.batch_size, seed=config.seed)
     steps = num_train_steps(config, loader.steps_per_epoch)
     return Experiment(
         name=NAME,
         task=make_task(config, tokenizer, steps),
         train_data=loader,
-        eval_data=lambda: eval_batches(test, config.eval_batch_size),
+        eval_data=eval_splits(held_out, config.eval_batch_size),
         num_train_steps=steps,
+        workdir_files={TOKENIZER_FILE: functools.partial(save_tokenizer, tokenizer)},
+        data_signature={"dataset": config.dataset, "train": len(train_labels), **{k: len(v["label"]) for k, v in held_out.items()}},
     )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    """Trains (resuming if possible); the tokenizer is saved as `<workdir>/tokenizer.json` (and reused on resume)."""
-    workdir = pathlib.Path(workdir)
-    saved = workdir / TOKENIZER_FILE
-    if saved.exists():
-        tokenizer = load_tokenizer(saved)
-    else:
-        tokenizer = train_tokenizer(config)
-        if jax.process_index() == 0:
-            save_tokenizer(tokenizer, saved)
-    return loop.train_and_evaluate(config, workdir, build(config, tokenizer))
+    """Trains (resuming if possible); the tokenizer is kept as `<workdir>/tokenizer.json` (and reused on resume)."""
+    saved = workdir_lib.check_path(workdir) / TOKENIZER_FILE
+    return loop.train_and_evaluate(config, workdir, build(config, load_tokenizer(saved) if saved.exists() else None))
 
 
 # ---- predict -------------------------------------------------------------------------------------------------
@@ -180,8 +191,8 @@ def predict(
     workdir = pathlib.Path(workdir)
     if not texts:
         raise GenjaxError("no text to classify; pass texts as arguments or --file F (one per line)")
+    config = config_lib.load_saved_config(get_config(), workdir, NAME)
     tokenizer = load_tokenizer(workdir / TOKENIZER_FILE)
-    config = config_lib.load_saved_config(get_config(), workdir)
     ids = [tokenizer.encode(text) for text in texts]
     for number, row in enumerate(ids, 1):
         if len(row) == 0:

@@ -21,18 +21,20 @@ import numpy as np
 from genjax import cli, loop
 from genjax.data import sources
 from genjax.data.images import static_binarization
-from genjax.data.loader import ShuffledArrayLoader, eval_batches
+from genjax.data.loader import ShuffledArrayLoader, eval_splits
+from genjax.data.splits import hold_out
 from genjax.errors import GenjaxError
 from genjax.optim import make_optimizer, optimizer_config
-from genjax.task import Experiment, loop_config, num_train_steps
+from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
 from genjax.tasks.vae import VAETask
 
-TEST_BINARIZATION_SEED = 1234  # the fixed binarisation every reported test figure uses
+TEST_BINARIZATION_SEED = 1234  # the fixed binarisation of the validation and test images every reported figure uses
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = loop_config(num_epochs=10, batch_size=32, eval_batch_size=1000, checkpoint_every=2000)
     config.dataset = "mnist"
+    config.validation_examples = 5000  # the last 5,000 train images (train[55000:]): the validation split, never trained on
     config.grad_accum_steps = 1  # micro-batches per step (same update, 1/k of the activation memory)
     config.iwae_samples = 1000  # IWAE bound at the end; 0 skips it
     config.model = ml_collections.ConfigDict(dict(kind="mlp", hidden=500, latents=20, upsample="subpixel"))  # the conv decoder's; or "transpose"
@@ -47,21 +49,26 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     """Data, optimizer and task of the experiment described by `config`."""
     if config.data.binarization not in ("dynamic", "static"):
         raise GenjaxError(f"unknown data.binarization '{config.data.binarization}'; choose 'dynamic' or 'static'")
-    train = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)
+    images = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)["image"]
+    train, validation = hold_out({"image": images}, config.validation_examples)
     test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
-    test_images = static_binarization(test["image"], TEST_BINARIZATION_SEED) * np.uint8(255)
+    held_out = {
+        VALIDATION: {"image": static_binarization(validation["image"], TEST_BINARIZATION_SEED) * np.uint8(255)},
+        TEST: {"image": static_binarization(test["image"], TEST_BINARIZATION_SEED) * np.uint8(255)},
+    }
     train_images = train["image"]
     if config.data.binarization == "static":
         train_images = static_binarization(train_images, config.seed) * np.uint8(255)
     loader = ShuffledArrayLoader({"image": train_images}, config.batch_size, seed=config.seed)
     steps = num_train_steps(config, loader.steps_per_epoch)
-    task = VAETask(config, make_optimizer(config.optimizer, steps), test_images)
+    task = VAETask(config, make_optimizer(config.optimizer, steps), {split: arrays["image"] for split, arrays in held_out.items()})
     return Experiment(
         name="vae_mnist",
         task=task,
         train_data=loader,
-        eval_data=lambda: eval_batches({"image": test_images}, config.eval_batch_size),
+        eval_data=eval_splits(held_out, config.eval_batch_size),
         num_train_steps=steps,
+        data_signature={"dataset": config.dataset, "train": len(train_images), **{k: len(v["image"]) for k, v in held_out.items()}},
     )
 
 

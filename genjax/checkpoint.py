@@ -278,6 +278,19 @@ class BestCheckpoint:
             )
         return float(meta["best_value"])
 
+    def forget_after(self, step: int) -> None:
+        """Deletes the kept state when it is of a step after `step` and ranks from scratch: a run resumed from the
+        checkpoint of `step` evaluates those steps again."""
+        steps = self.checkpointer.all_steps()
+        if steps and steps[-1] > step:
+            if jax.process_index() == 0:
+                shutil.rmtree(self.checkpointer.path(steps[-1]))
+                print(f"continuing from step {step}: removed best checkpoint of step {steps[-1]}; ranking from scratch", flush=True)
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("genjax: newer best checkpoint removed")
+            self.checkpointer.manager.reload()
+            self.value = None
+
     def check_metric(self, metrics: dict[str, float]) -> None:
         """GenjaxError when the evaluation `metrics` do not include `metric`."""
         if self.metric not in metrics:

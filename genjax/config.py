@@ -103,23 +103,22 @@ def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> l
     return rest
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    """Writes the resolved config to `<workdir>/config.json` (the record of what ran)."""
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
-
-
-def load_saved_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
+def load_saved_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, experiment: str) -> ml_collections.ConfigDict:
     """`config` with every field `<workdir>/config.json` holds set to its saved value: the config a run trained with.
 
-    Saved fields this config lacks are ignored; a missing or unreadable file is a GenjaxError.
+    Saved fields this config lacks are ignored; a missing or unreadable file, or one written by another
+    `experiment`, is a GenjaxError.
     """
     path = pathlib.Path(workdir) / "config.json"
     try:
-        saved = flatten(ml_collections.ConfigDict(json.loads(path.read_text())))
+        record = json.loads(path.read_text())
+        saved = flatten(ml_collections.ConfigDict(record))
     except FileNotFoundError:
         raise GenjaxError(f"no config.json in workdir '{workdir}'; train first with this --workdir") from None
     except ValueError as error:
         raise GenjaxError(f"{path} is not a readable config ({error}); use the workdir of a finished run") from None
+    if record.get("experiment", experiment) != experiment:  # written before the name was saved: checked on restore
+        raise GenjaxError(f"workdir '{workdir}' holds a run of experiment '{record['experiment']}', not '{experiment}'; use that experiment's command")
     defaults = flatten(config)
     for key, value in saved.items():
         if key in defaults:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import pathlib
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -14,13 +17,14 @@ import ml_collections
 import numpy as np
 
 from genjax import config as config_lib
-from genjax import fused_threefry, host_memory
+from genjax import fused_threefry, host_memory, metrics_log
 from genjax import sharding as sharding_lib
+from genjax import workdir as workdir_lib
 from genjax.checkpoint import BEST_CHECKPOINTS, BestCheckpoint, Checkpointer, abstract_with_shardings
 from genjax.data.loader import device_prefetch, to_global
 from genjax.errors import GenjaxError
 from genjax.metrics_log import MetricLogger
-from genjax.task import Experiment, Task
+from genjax.task import TEST, VALIDATION, Experiment, Task, check_loop_config
 from jax.sharding import Mesh
 
 
@@ -30,13 +34,35 @@ def _state_signature(abstract_state: Any) -> dict[str, list[int]]:
     return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in leaves}
 
 
-def _check_compatible(meta: dict, name: str, signature: dict[str, list[int]], path: pathlib.Path) -> None:
-    if meta.get("experiment") != name:
+def _run_identity(config: ml_collections.ConfigDict, experiment: Experiment, abstract_state: Any) -> dict[str, Any]:
+    """What a checkpoint records of the run that wrote it, and a resumed run must match: the experiment, its data
+    (dataset and split sizes), the model config and the state's leaf shapes (as JSON gives them back)."""
+    model = config_lib.flatten(config.model) if "model" in config else {}
+    identity = {"experiment": experiment.name, "data": experiment.data_signature, "model": model,
+                "state_signature": _state_signature(abstract_state)}
+    return json.loads(json.dumps(identity, default=str))
+
+
+def _differences(saved: dict, here: dict) -> list[str]:
+    return [f"{key}: {saved.get(key)!r} there, {here.get(key)!r} here" for key in sorted(set(saved) | set(here)) if saved.get(key) != here.get(key)]
+
+
+def _check_compatible(meta: dict, identity: dict[str, Any], path: pathlib.Path) -> None:
+    """GenjaxError when checkpoint `path` (its `meta`) was written by another experiment, dataset or model than
+    `identity` (`_run_identity`) describes. Parts missing from either side (older checkpoints, inference) are skipped."""
+    if meta.get("experiment") != identity["experiment"]:
         raise GenjaxError(
-            f"workdir checkpoint {path} was written by experiment '{meta.get('experiment')}', not '{name}'; "
+            f"workdir checkpoint {path} was written by experiment '{meta.get('experiment')}', not '{identity['experiment']}'; "
             "use a fresh --workdir"
         )
-    saved = meta.get("state_signature", {})
+    for part, what in (("data", "on other data"), ("model", "with another model config")):
+        if part in meta and part in identity and meta[part] != identity[part]:
+            changed = _differences(meta[part], identity[part])
+            raise GenjaxError(
+                f"checkpoint {path} was trained {what} ({'; '.join(changed[:3])}); resume with the original "
+                "--config values, or use a fresh --workdir"
+            )
+    saved, signature = meta.get("state_signature", {}), identity["state_signature"]
     for key in sorted(set(saved) | set(signature)):
         if saved.get(key) != signature.get(key):
             raise GenjaxError(
@@ -88,17 +114,30 @@ def _empty_totals(metrics_shape: dict) -> dict:
 
 
 class _StopRequest:
-    """Turns SIGTERM (sent by clusters before preemption) into a flag the loop checks between steps."""
+    """Turns SIGTERM (sent by clusters before preemption) and Ctrl-C (SIGINT) into a flag the loop checks between
+    steps: the step finishes and a checkpoint is written. A second Ctrl-C stops at once (KeyboardInterrupt); the
+    checkpoints already complete stay intact, since each is written atomically.
+
+    Signal handlers can only be set from the main thread: elsewhere (a loop run in a worker thread) none is
+    set and the process's own handling of the signals stays as it was.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.received: str | None = None  # the name of the first stop signal
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = self.received or signal.Signals(signum).name
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
 
 def state_layout(task: Task, mesh: Mesh, rng: jax.Array, example_batch: dict[str, jax.Array]) -> tuple[Any, Any]:
@@ -154,12 +193,12 @@ def compile_steps(task: Task, mesh: Mesh, state_shardings: Any, skip_nonfinite: 
 
 
 def evaluate(
-    experiment: Experiment, state: Any, eval_step, data_sharding, rng: jax.Array
+    experiment: Experiment, split: str, state: Any, eval_step, data_sharding, rng: jax.Array
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """(means over the whole evaluation split of the task's `eval_step` sums, its per-example `rows` over the
+    """(means over the whole held-out `split` of the task's `eval_step` sums, its per-example `rows` over the
     split: {name: [N, ...]}, real rows only, in the split's order; {} when `eval_step` returns none)."""
     totals, rows = None, []
-    for batch in experiment.eval_data():
+    for batch in experiment.eval_data[split]():
         sums = dict(eval_step(state, to_global(batch, data_sharding), rng))
         if "rows" in sums:
             rows.append(sums.pop("rows"))
@@ -179,33 +218,79 @@ def real_rows(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([rows[name] for rows in batches])[mask] for name in batches[0] if name != "mask"}
 
 
+def _check_best_metric(config: ml_collections.ConfigDict, experiment: Experiment, abstract_state: Any, rng: jax.Array) -> None:
+    """GenjaxError when `config.best_metric` is not a validation metric of the task (test metrics never choose)."""
+    if not config.best_metric:
+        return
+    batch = next(iter(experiment.eval_data[VALIDATION]()))
+    sums = jax.eval_shape(experiment.task.eval_step, abstract_state, batch, rng)
+    names = sorted(set(sums) - {"count", "rows"} | set(getattr(experiment.task, "report_metrics", ())))
+    if config.best_metric not in names:
+        raise GenjaxError(
+            f"best_metric '{config.best_metric}' is not one of this experiment's validation metrics {names}; "
+            "choose one of them, or '' to keep no best checkpoint (the test split is never used to choose)"
+        )
+
+
+def _rewind_workdir(workdir: pathlib.Path, resumed: int | None, had_checkpoints: bool) -> None:
+    """Brings metrics.jsonl, TensorBoard and the sample files back to the step the run continues from (process 0).
+
+    A logged run whose checkpoints/ directory is gone (`had_checkpoints` False: every run makes it before its
+    first step) had it removed: that is refused rather than starting over into the same log. A run killed before
+    its first complete checkpoint starts again from step 0 with its log rewound.
+    """
+    step = resumed or 0
+    if not had_checkpoints:
+        logged = max((row["step"] for row in metrics_log.read_metrics(workdir)), default=0)
+        if logged > 0:
+            raise GenjaxError(
+                f"workdir '{workdir}' has metrics up to step {logged} but no checkpoints/ directory (removed?); "
+                f"use a fresh --workdir, or delete {workdir / metrics_log.METRICS_FILE} to train this one from step 0"
+            )
+    dropped = metrics_log.rewind(workdir, step)
+    retired = workdir_lib.retire_after(workdir, step)
+    if dropped or retired:
+        print(f"continuing from step {step}: dropped {dropped} metric rows and {len(retired)} sample files of later steps", flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, experiment: Experiment) -> dict[str, float]:
     """Trains `experiment` to `num_train_steps`, resuming from `<workdir>/checkpoints` if present.
 
-    Returns the final evaluation metrics (also written to metrics.jsonl with split "test").
+    Evaluates the validation split periodically (`eval_every`) and at the last step, and keeps the best state by
+    `best_metric` on it; evaluates the test split once, at the end, on the final state. Returns the test metrics
+    (logged with split "test"). One run at a time per workdir: see `workdir.lock`.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = workdir_lib.check_path(workdir)
+    check_loop_config(config)
+    is_main = jax.process_index() == 0
+    with workdir_lib.lock(workdir) if is_main else contextlib.nullcontext():
+        _check_writable(workdir)
+        return _train_locked(config, workdir, experiment)
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, experiment: Experiment) -> dict[str, float]:
     task, total_steps = experiment.task, experiment.num_train_steps
     is_main = jax.process_index() == 0
 
-    # Workdir, config and mesh.
-    _check_writable(workdir)
+    # Mesh and keys.
     mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
     sharding_lib.check_batch_size(config.batch_size, mesh)
     sharding_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     data_sharding = sharding_lib.batch_sharding(mesh)
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
 
-    # Model and optimizer state, born with their shardings.
+    # Model and optimizer state, born with their shardings; the step checks that need only shapes.
     example_batch = to_global(experiment.train_data.batch_at(0), data_sharding)
     abstract_state, state_shardings = state_layout(task, mesh, init_rng, example_batch)
-    signature = _state_signature(abstract_state)
+    _check_best_metric(config, experiment, abstract_state, eval_rng)
+    identity = _run_identity(config, experiment, abstract_state)
 
-    # Restore, or start fresh only from an empty checkpoint dir.
+    # Restore, or start fresh only from an empty checkpoint dir; the workdir's files rewound to the restored step.
+    had_checkpoints = (workdir / "checkpoints").is_dir()
     checkpointer = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
     restored = checkpointer.restore_latest(
         abstract_with_shardings(abstract_state, state_shardings),
-        check_meta=lambda meta, path: _check_compatible(meta, experiment.name, signature, path),
+        check_meta=lambda meta, path: _check_compatible(meta, identity, path),
     )
     if restored is None:
         state = init_state(task, state_shardings, init_rng, example_batch)
@@ -217,7 +302,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if is_main:
             print(f"resumed from {checkpointer.path(last_saved)} (step {last_saved})", flush=True)
     if is_main:
-        config_lib.save_config(config, workdir)
+        _rewind_workdir(workdir, last_saved, had_checkpoints)
+        workdir_lib.save_config(config, workdir, experiment.name, last_saved)
+        for name, write in experiment.workdir_files.items():
+            if not (workdir / name).exists():
+                write(workdir / name)
 
     # The compiled steps: state donated, shardings explicit.
     train_step, eval_step = compile_steps(task, mesh, state_shardings, config.skip_nonfinite)
@@ -227,29 +316,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     step = int(jax.device_get(state.step))
 
     def checkpoint_meta() -> dict[str, Any]:
-        return {
-            "experiment": experiment.name,
-            "data_index": data_index,
-            "train_rng": np.asarray(jax.random.key_data(train_rng)).tolist(),
-            "state_signature": signature,
-        }
+        return {**identity, "data_index": data_index, "train_rng": np.asarray(jax.random.key_data(train_rng)).tolist()}
 
     def save(at_step: int) -> None:
         nonlocal last_saved
         checkpointer.save(at_step, state, checkpoint_meta())
         last_saved = at_step
 
-    best: BestCheckpoint | None = None  # opened inside the try below, so that it is always closed
-
-    def keep_if_best(eval_metrics: dict[str, float]) -> None:
-        """Saves the state as the best one when `config.best_metric` improved (see `BestCheckpoint`)."""
-        if best is None:
-            return
-        if config.best_metric not in eval_metrics and last_saved != step:
-            save(step)  # the error that follows must not cost the steps since the last checkpoint
-            checkpointer.wait()
-        if best.offer(step, state, eval_metrics, checkpoint_meta()) and is_main:
-            print(f"best {config.best_metric} so far: saved {best.checkpointer.path(step)}", flush=True)
+    def evaluate_and_log(split: str) -> dict[str, float]:
+        """Evaluates `split` on the current state, with the task's report; logs and prints it."""
+        started = time.perf_counter()
+        metrics, rows = evaluate(experiment, split, state, eval_step, data_sharding, eval_rng)
+        metrics.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, split, rows))
+        logger.write(step, split, metrics)
+        if is_main:
+            print(f"step {step}  {split} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                  + f"  ({time.perf_counter() - started:.1f} s)", flush=True)
+        return metrics
 
     def fetch_window(totals: dict) -> dict[str, float]:
         """Host copy of the mean metrics over the finite steps since the last fetch.
@@ -271,6 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         means = {k: float(v) / count for k, v in totals["sums"].items()}
         return {**means, "skipped_updates": skipped} if config.skip_nonfinite else means
 
+    best: BestCheckpoint | None = None  # opened inside the try below, so that it is always closed
     stop = _StopRequest()
     eval_every = config.eval_every or getattr(experiment.train_data, "steps_per_epoch", total_steps)
     totals = _empty_totals(metrics_shape)
@@ -279,8 +363,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     try:
         if config.best_metric:
             best = BestCheckpoint(
-                workdir, config.best_metric, config.best_mode, lambda meta, path: _check_compatible(meta, experiment.name, signature, path)
+                workdir, config.best_metric, config.best_mode, lambda meta, path: _check_compatible(meta, identity, path)
             )
+            best.forget_after(last_saved or 0)
+
+        # The step loop: at each boundary the train log, then the validation evaluation, then the checkpoint, so
+        # that a checkpoint of step S implies every metric of steps <= S is logged.
         while step < total_steps:
             batch = next(batches)
             state, metrics = train_step(state, batch, train_rng)
@@ -290,42 +378,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
             at_log = step % config.log_every == 0 or step == total_steps
             at_eval = step % eval_every == 0 or step == total_steps
-            stopping = stop.requested  # read once: a SIGTERM arriving later in this step is handled at the next
+            stopping = stop.received  # read once: a signal arriving later in this step is handled at the next
             at_checkpoint = step % config.checkpoint_every == 0 or step == total_steps or stopping
             if at_log or at_eval or at_checkpoint:
                 train_metrics = fetch_window(totals)
                 totals = _empty_totals(metrics_shape)
-                elapsed = time.perf_counter() - window_start
-                rate = (step - window_step) / max(elapsed, 1e-9)
-                window_start, window_step = time.perf_counter(), step
+                rate = (step - window_step) / max(time.perf_counter() - window_start, 1e-9)
                 logger.write(step, "train", {**train_metrics, "steps_per_s": rate})
                 if is_main:
                     eta = (total_steps - step) / max(rate, 1e-9)
                     print(f"step {step}/{total_steps}  loss {train_metrics['loss']:.4f}  "
                           f"{rate:.1f} steps/s  ETA {eta / 60:.1f} min", flush=True)
+            if at_eval:
+                validation = evaluate_and_log(VALIDATION)
+                if best is not None and best.offer(step, state, validation, checkpoint_meta()) and is_main:
+                    print(f"best {config.best_metric} so far: saved {best.checkpointer.path(step)}", flush=True)
             if at_checkpoint:
                 save(step)
-            if at_eval and step != total_steps:
-                eval_metrics, rows = evaluate(experiment, state, eval_step, data_sharding, eval_rng)
-                eval_metrics.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, final=False, rows=rows))
-                logger.write(step, "test", eval_metrics)
-                if is_main:
-                    print(f"step {step}  test " + "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
-                keep_if_best(eval_metrics)
+            if at_log or at_eval or at_checkpoint:
+                window_start, window_step = time.perf_counter(), step  # steps/s counts training time only
             if stopping:
                 checkpointer.wait()
                 if is_main:
-                    print(f"SIGTERM: saved {checkpointer.path(step)}; exiting", flush=True)
+                    print(f"{stopping}: saved {checkpointer.path(step)}; exiting (rerun the same command to resume)", flush=True)
                 return {}
         if last_saved != step:
-            save(step)
-        final, rows = evaluate(experiment, state, eval_step, data_sharding, eval_rng)
-        final.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, final=True, rows=rows))
-        logger.write(step, "test", final)
-        if is_main:
-            print("final test " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
-        keep_if_best(final)
-        return final
+            save(step)  # a run restored at its last step
+        return _test_once(workdir, step, evaluate_and_log, is_main)
     finally:
         batches.close()
         stop.restore()
@@ -334,6 +413,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if best is not None:
             best.close()
         logger.close()
+
+
+def _test_once(workdir: pathlib.Path, step: int, evaluate_and_log: Callable[[str], dict[str, float]], is_main: bool) -> dict[str, float]:
+    """The test split's metrics at the final `step`: evaluated and logged once; a rerun of a finished run
+    returns the logged ones."""
+    logged = [row for row in metrics_log.read_metrics(workdir, TEST) if row["step"] == step]
+    if logged:
+        if is_main:
+            print(f"already trained to step {step}; its test metrics are in {workdir / metrics_log.METRICS_FILE}", flush=True)
+        return {k: v for k, v in logged[-1].items() if k not in ("step", "split")}
+    return evaluate_and_log(TEST)
 
 
 def restore_trained_state(
@@ -352,12 +442,12 @@ def restore_trained_state(
         raise GenjaxError(f"no {name} in workdir '{workdir}'; {how}")
     mesh = sharding_lib.make_mesh(1)
     abstract_state, state_shardings = state_layout(task, mesh, jax.random.key(0), example_batch)
-    signature = _state_signature(abstract_state)
+    identity = {"experiment": experiment_name, "state_signature": _state_signature(abstract_state)}
     checkpointer = Checkpointer(workdir, every_steps=1, keep=1_000_000, read_only=True, name=name)
     try:
         restored = checkpointer.restore_latest(
             abstract_with_shardings(abstract_state, state_shardings),
-            check_meta=lambda meta, path: _check_compatible(meta, experiment_name, signature, path),
+            check_meta=lambda meta, path: _check_compatible(meta, identity, path),
         )
     finally:
         checkpointer.close()

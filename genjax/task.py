@@ -11,11 +11,16 @@ import ml_collections
 import numpy as np
 
 from genjax.data.loader import Batch, Loader
+from genjax.errors import GenjaxError
 from genjax.state import TrainState
 
 
 class Task(Protocol):
-    """A model family's pure functions. `init_state`, `train_step` and `eval_step` are jitted by the loop."""
+    """A model family's pure functions. `init_state`, `train_step` and `eval_step` are jitted by the loop.
+
+    A task whose `report` adds metrics on the validation split names them in a `report_metrics` tuple, so that
+    `best_metric` can be checked against them before training.
+    """
 
     def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
         """A fresh state; `batch` is a global batch that fixes input shapes."""
@@ -38,13 +43,17 @@ class Task(Protocol):
         ...
 
     def report(
-        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
     ) -> dict[str, float]:
-        """Host-side work after an evaluation (sample grids, final metrics); returns extra test metrics.
+        """Host-side work after an evaluation of `split` (sample grids, final metrics); returns extra metrics of it.
 
+        `split`: VALIDATION (every periodic evaluation and the last step's) or TEST (once, at the end).
         `rows`: this evaluation's per-example values from `eval_step`, {name: [N, ...]} ({} when it returns none).
         """
         ...
+
+
+VALIDATION, TEST = "validation", "test"  # the two held-out splits every experiment has (see `Experiment`)
 
 
 @dataclasses.dataclass
@@ -55,15 +64,23 @@ class Experiment:
       name: experiment identity, stored in checkpoints; a workdir of another experiment is refused.
       task: the family's pure functions.
       train_data: the training loader (global batches by index).
-      eval_data: a callable returning the evaluation batches afresh (each has a `mask`).
+      eval_data: {VALIDATION: ..., TEST: ...}, each a callable returning that split's evaluation batches afresh
+        (each batch has a `mask`). Periodic evaluations and `best_metric` read VALIDATION, never trained on;
+        TEST is evaluated once, at the end.
       num_train_steps: total number of updates.
+      data_signature: what a resumed run must read the same: the dataset and the size of each split, e.g.
+        {"dataset": "mnist", "train": 55000, "validation": 5000, "test": 10000}; checked against the checkpoint.
+      workdir_files: {file name: write(path)}: files the run keeps in its workdir (a trained tokenizer), written
+        by the loop once it holds the workdir, when missing.
     """
 
     name: str
     task: Task
     train_data: Loader
-    eval_data: Callable[[], Iterable[Batch]]
+    eval_data: dict[str, Callable[[], Iterable[Batch]]]
     num_train_steps: int
+    data_signature: dict[str, Any] = dataclasses.field(default_factory=dict)
+    workdir_files: dict[str, Callable[[pathlib.Path], None]] = dataclasses.field(default_factory=dict)
 
 
 def loop_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -92,6 +109,19 @@ def loop_config(**overrides: Any) -> ml_collections.ConfigDict:
     )
     config.update(overrides)
     return config
+
+
+def check_loop_config(config: ml_collections.ConfigDict) -> None:
+    """GenjaxError naming the first loop field (see `task.loop_config`) outside its range, before anything runs."""
+    at_least = {"batch_size": 1, "eval_batch_size": 1, "log_every": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
+                "eval_every": 0, "num_train_steps": 0, "grad_accum_steps": 1}
+    for key, low in at_least.items():
+        if key in config and config[key] < low:
+            raise GenjaxError(f"{key}={config[key]} must be >= {low}; pass e.g. --config.{key}={max(low, loop_config().get(key, low))}")
+    if config.num_train_steps == 0 and config.num_epochs < 1:
+        raise GenjaxError(f"num_epochs={config.num_epochs} trains nothing; set --config.num_epochs >= 1 or --config.num_train_steps > 0")
+    if config.best_mode not in ("min", "max"):
+        raise GenjaxError(f"unknown best_mode '{config.best_mode}'; choose 'min' (lower is better, e.g. loss) or 'max'")
 
 
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:

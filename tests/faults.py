@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from conftest import REPO
+from genjax.workdir import LOCK_FILE
 
 # Tiny but real runs of each family: the same data, model and loop as the full experiments.
 TINY_OVERRIDES = {
@@ -61,14 +62,15 @@ def assert_bit_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> 
 
 
 def tree_snapshot(directory: pathlib.Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `directory` (empty when it does not exist)."""
+    """{relative path: sha256} of every file under `directory` (empty when it does not exist), but the workdir lock
+    file, which names whichever run held the workdir last."""
     directory = pathlib.Path(directory)
     if not directory.exists():
         return {}
     return {
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_FILE
     }
 
 

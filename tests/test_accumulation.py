@@ -48,9 +48,10 @@ def test_accumulated_steps_equal_large_batch_steps():
     np.testing.assert_allclose(accumulated_history, large_history, rtol=1e-5)  # losses and gradient norms
     assert large_history[-1, 0] < large_history[0, 0]
     # Adam divides by sqrt(v): where a gradient is ~0, summation-order rounding moves that
-    # coordinate's update by up to ~1% of the learning rate (1e-3), hence the absolute tolerance.
+    # coordinate's update by a few % of the learning rate (1e-3; 5.4% seen for 1 of 392,000 weights on the
+    # batches of train[:55000]), hence the absolute tolerance.
     for a, b in zip(jax.tree.leaves(accumulated), jax.tree.leaves(large)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_vae_step_accumulates_its_own_micro_batch_gradients():

@@ -18,7 +18,7 @@ import sys
 import pytest
 
 import faults
-from conftest import emulated_cpu_env
+from conftest import REPO, emulated_cpu_env
 from experiments import vae_mnist
 from genjax.errors import GenjaxError, first_line
 
@@ -163,6 +163,13 @@ def test_workdir_of_another_experiment(workdir_copy, compile_cache):
 def test_workdir_of_an_incompatible_config(workdir_copy, compile_cache):
     before = faults.tree_snapshot(workdir_copy)
     line = error_line(run_vae(workdir_copy, compile_cache, **{"model.hidden": 100}))
+    assert f"checkpoint {workdir_copy.absolute() / 'checkpoints' / '20'} was trained with another model config (hidden: 500 there, 100 here)" in line
+    assert faults.tree_snapshot(workdir_copy) == before
+    # A checkpoint that predates the recorded model config is still refused, by its state's shapes.
+    meta_path = workdir_copy / "checkpoints" / "20" / "meta" / "metadata"
+    meta_path.write_text(json.dumps({k: v for k, v in json.loads(meta_path.read_text()).items() if k != "model"}))
+    before = faults.tree_snapshot(workdir_copy)
+    line = error_line(run_vae(workdir_copy, compile_cache, **{"model.hidden": 100}))
     assert f"checkpoint {workdir_copy.absolute() / 'checkpoints' / '20'} does not fit this config" in line
     assert re.search(r"state leaf \S+ has shape \[[0-9, ]*500[0-9, ]*\] there but \[[0-9, ]*100[0-9, ]*\] here \(changed model shape\?\)", line), line
     assert faults.tree_snapshot(workdir_copy) == before
@@ -232,3 +239,91 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoints(workdir_copy, tmp
     assert faults.committed_steps(result) == [10, 20]
     after = faults.tree_snapshot(result / "checkpoints")
     assert {k: v for k, v in after.items() if not k.startswith("30.orbax-checkpoint-tmp")} == before
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (dict(keep_checkpoints=0), "keep_checkpoints=0 must be >= 1"),
+        (dict(keep_checkpoints=-1), "keep_checkpoints=-1 must be >= 1"),
+        (dict(batch_size=0), "batch_size=0 must be >= 1"),
+        (dict(eval_batch_size=-5), "eval_batch_size=-5 must be >= 1"),
+        (dict(log_every=0), "log_every=0 must be >= 1"),
+        (dict(checkpoint_every=0), "checkpoint_every=0 must be >= 1"),
+        (dict(num_train_steps=-1), "num_train_steps=-1 must be >= 0"),
+        (dict(num_train_steps=0, num_epochs=0), "num_epochs=0 trains nothing"),
+        (dict(best_metric="perplexity"), "best_metric 'perplexity' is not one of this experiment's validation metrics ['kl', 'neg_elbo']"),
+        (dict(best_metric="nll", iwae_samples=100), "the test split is never used to choose"),  # the IWAE bound: test only
+        (dict(best_mode="lowest"), "unknown best_mode 'lowest'"),
+        (dict(validation_examples=60000), "validation_examples=60000 must be between 1 and 59999"),
+    ],
+    ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None,
+)
+def test_loop_setting_out_of_range_stops_before_anything_is_written(overrides, fragment, tmp_path, compile_cache):
+    line = error_line(run_vae(tmp_path / "w", compile_cache, **overrides))
+    assert fragment in line, line
+    assert faults.committed_steps(tmp_path / "w") == [] and not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_empty_workdir(tmp_path, compile_cache):
+    """Run from an empty directory: nothing may be written into it (the current directory)."""
+    env = faults.environment(compile_cache, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", VAE, "--workdir", ""], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert "--workdir is empty" in error_line(done)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_on_another_dataset_is_refused(workdir_copy, compile_cache):
+    before = faults.tree_snapshot(workdir_copy)
+    line = error_line(run_vae(workdir_copy, compile_cache, dataset="fashion_mnist"))
+    assert "was trained on other data (dataset: 'mnist' there, 'fashion_mnist' here)" in line and "fresh --workdir" in line
+    assert faults.tree_snapshot(workdir_copy) == before
+
+
+def test_removed_checkpoints_do_not_restart_a_logged_run(workdir_copy, compile_cache):
+    shutil.rmtree(workdir_copy / "checkpoints")
+    before = faults.tree_snapshot(workdir_copy)
+    line = error_line(run_vae(workdir_copy, compile_cache))
+    assert "has metrics up to step 20 but no checkpoints/ directory (removed?)" in line and "metrics.jsonl" in line
+    assert faults.tree_snapshot(workdir_copy) == before
+
+
+def test_model_kind_of_the_other_classifier(tmp_path, compile_cache):
+    line = error_line(run_vae(tmp_path / "w", compile_cache, module="experiments.mlp_mnist", **{"model.kind": "cnn"}))
+    assert "model.kind 'cnn' needs model.channels" in line and "experiments.cnn_mnist" in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_damaged_dataset_file_is_named(tmp_path, compile_cache, data_dir):
+    copy = tmp_path / "tfds"
+    shutil.copytree(pathlib.Path(data_dir) / "mnist", copy / "mnist")
+    shard = next((copy / "mnist").rglob("mnist-train.array_record*"))
+    shard.chmod(0o644)
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    line = error_line(run_vae(tmp_path / "w", compile_cache, data_dir=copy))
+    assert f"dataset 'mnist' split 'train' cannot be read from {shard}" in line and "damaged" in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_inference_on_a_workdir_of_another_experiment(workdir_copy):
+    from experiments import charlm_shakespeare
+
+    with pytest.raises(GenjaxError, match="holds a run of experiment 'vae_mnist', not 'charlm_shakespeare'"):
+        charlm_shakespeare.sample(workdir_copy, "ROMEO:", 5, 0.0, 0, 1, 0)
+
+
+def test_library_tracebacks_go_to_the_workdir_log(workdir_copy, compile_cache):
+    """Every checkpoint damaged: orbax's hundreds of lines of dropped-read reports land in `<workdir>/library.log`;
+    stderr holds one warning per checkpoint and the error line, which names that log."""
+    for step in (10, 20):
+        for data in (workdir_copy / "checkpoints" / str(step) / "state").rglob("*"):
+            if data.is_file() and data.stat().st_size > 100_000:  # the compressed arrays
+                damaged = bytearray(data.read_bytes())
+                damaged[len(damaged) // 2 : len(damaged) // 2 + 1000] = bytes(1000)
+                data.write_bytes(bytes(damaged))
+    done = run_vae(workdir_copy, compile_cache)
+    line = error_line(done)
+    assert "every checkpoint in" in line and f"(library messages: {workdir_copy / 'library.log'})" in line
+    assert len(done.stderr.strip().splitlines()) == 3, done.stderr[-3000:]  # two warnings, one error
+    assert "Traceback" in (workdir_copy / "library.log").read_text()

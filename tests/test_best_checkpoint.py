@@ -1,6 +1,6 @@
 """`config.best_metric`: the state of the best evaluation is kept beside the rolling checkpoints, survives a restart
-and is what `sample --best` uses; an unknown metric, or one other than the kept checkpoint's, is a clear error
-that costs no training; a damaged kept checkpoint is set aside and the ranking starts over."""
+and is what `sample --best` uses; it ranks validation evaluations only; an unknown metric, or one other than the
+kept checkpoint's, is a clear error that costs no training; a damaged kept checkpoint is set aside and the ranking starts over."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def small_config(**overrides):
 
 
 def evaluation_losses(workdir: pathlib.Path) -> dict[int, float]:
-    return {row["step"]: row["loss"] for row in read_metrics(workdir) if row["split"] == "test"}
+    return {row["step"]: row["loss"] for row in read_metrics(workdir, "validation")}
 
 
 def kept_steps(workdir: pathlib.Path) -> list[int]:
@@ -70,12 +70,13 @@ def test_best_evaluation_is_kept_across_a_restart_and_sampled(tmp_path, data_dir
     assert kept_steps(workdir) == [60]
 
 
-def test_unknown_best_metric_is_a_clear_error_that_keeps_the_steps(tmp_path, data_dir):
+def test_unknown_best_metric_is_a_clear_error_before_the_first_step(tmp_path, data_dir):
     workdir = tmp_path / "run"
-    with pytest.raises(GenjaxError, match=r"best_metric 'perplexity' is not one of this experiment's evaluation metrics \['bits_per_char', 'loss'\]"):
+    with pytest.raises(GenjaxError, match=r"best_metric 'perplexity' is not one of this experiment's validation metrics \['bits_per_char', 'loss'\]"):
         charlm_shakespeare.train_and_evaluate(small_config(best_metric="perplexity", checkpoint_every=1000), workdir)
-    assert faults.committed_steps(workdir) == [10]
+    assert faults.committed_steps(workdir) == [] and not (workdir / "metrics.jsonl").exists()
     with pytest.raises(GenjaxError, match="unknown best_mode 'lowest'"):
         charlm_shakespeare.train_and_evaluate(small_config(best_mode="lowest"), tmp_path / "other")
+    charlm_shakespeare.train_and_evaluate(small_config(best_metric="", num_train_steps=10), workdir)
     with pytest.raises(GenjaxError, match="no best_checkpoints in workdir .*--config.best_metric"):
         charlm_shakespeare.sample(workdir, "ROMEO:", 20, 0.0, 0, 1, 0, best=True)

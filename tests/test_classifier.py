@@ -15,6 +15,7 @@ from genjax.data.loader import eval_batches, to_global
 from genjax.errors import GenjaxError
 from genjax.metrics_log import read_metrics
 from genjax.models.classifier import CNN, MLP, make_classifier
+from genjax.task import TEST
 from genjax.tasks.classifier import classification_metrics
 
 
@@ -70,7 +71,7 @@ def test_evaluation_rows_hold_every_test_example_once_in_order(data_dir):
     experiment = mlp_mnist.build(config)
     test = sources.image_arrays("mnist", "test", data_dir, False)
     subset = {k: v[:2500] for k, v in test.items()}
-    experiment.eval_data = lambda: eval_batches(subset, 1000)  # the last batch: 500 real rows, 500 of padding
+    experiment.eval_data[TEST] = lambda: eval_batches(subset, 1000)  # the last batch: 500 real rows, 500 of padding
     mesh = sharding.make_mesh(1)
     data_sharding = sharding.batch_sharding(mesh)
     batch = to_global(experiment.train_data.batch_at(0), data_sharding)
@@ -78,7 +79,7 @@ def test_evaluation_rows_hold_every_test_example_once_in_order(data_dir):
     state = loop.init_state(experiment.task, state_shardings, jax.random.key(0), batch)
     _, eval_step = loop.compile_steps(experiment.task, mesh, state_shardings)
 
-    metrics, rows = loop.evaluate(experiment, state, eval_step, data_sharding, jax.random.key(1))
+    metrics, rows = loop.evaluate(experiment, TEST, state, eval_step, data_sharding, jax.random.key(1))
 
     assert set(rows) == {"prediction", "label"}
     np.testing.assert_array_equal(rows["label"], subset["label"])

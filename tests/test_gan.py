@@ -98,8 +98,9 @@ def small_config(feature_checkpoint: pathlib.Path, **overrides):
 def test_short_run_lowers_the_generator_fid(tmp_path, feature_checkpoint):
     config = small_config(feature_checkpoint, num_train_steps=300, eval_every=60, checkpoint_every=1000)
     final = gan_mnist.train_and_evaluate(config, tmp_path)
-    evaluations = read_metrics(tmp_path, "test")
+    evaluations = read_metrics(tmp_path, "validation")
     assert [row["step"] for row in evaluations] == [60, 120, 180, 240, 300]
+    assert [row["step"] for row in read_metrics(tmp_path, "test")] == [300]
     first, last = evaluations[0]["classifier_fid"], evaluations[-1]["classifier_fid"]
     assert last < 0.8 * first, [row["classifier_fid"] for row in evaluations]
     assert final["real_train_classifier_fid"] < last and final["real_test_classifier_is"] > final["classifier_is"] >= 1.0
@@ -165,4 +166,4 @@ def test_a_task_built_without_metrics_trains_but_refuses_to_score(tmp_path):
     task = experiment.task
     state = task.init_state(jax.random.key(0), experiment.train_data.batch_at(0))
     with pytest.raises(GenjaxError, match=r"built without its metric CNN .* with_metrics=True"):
-        task.sample_quality(task.sampling_variables(state), jax.random.key(1))
+        task.sample_quality(task.sampling_variables(state), jax.random.key(1), "validation")

@@ -14,7 +14,7 @@ from genjax.tasks.text_classifier import binary_metrics, model_from_config, roc_
 from conftest import run_module
 
 
-def test_binary_metrics_on_known_inputs():
+def test_binary_metrics_on_known_inputs(capsys):
     labels = np.array([1, 1, 0, 0, 1, 0])
     perfect = binary_metrics(np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.3]), labels)
     assert perfect == {"accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "roc_auc": 1.0}
@@ -23,6 +23,9 @@ def test_binary_metrics_on_known_inputs():
     mixed = binary_metrics(np.array([0.9, 0.4, 0.6, 0.2, 0.8, 0.1]), labels)  # tp 2, fp 1, fn 1
     assert (mixed["precision"], mixed["recall"], mixed["f1"]) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
     assert mixed["roc_auc"] == pytest.approx(8 / 9)  # 8 of the 9 (pos, neg) pairs ranked right
+    one_class = binary_metrics(np.array([0.9, 0.4]), np.array([1, 1]))
+    assert np.isnan(one_class["roc_auc"]) and one_class["recall"] == 0.5  # undefined, not 0.0; the others still hold
+    assert "ROC-AUC is undefined with labels of one class only ([1])" in capsys.readouterr().err
     fpr, tpr = roc_curve(np.array([0.9, 0.4, 0.6, 0.2, 0.8, 0.1]), labels)
     assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0 and np.all(np.diff(fpr) >= 0)
 

@@ -54,7 +54,7 @@ def tiny_config(**overrides):
 
 def poisoned_experiment(config, bad_indices: set[int]):
     experiment = vae_mnist.build(config)
-    task = PoisonedVAETask(config, experiment.task.optimizer, experiment.task.test_images)
+    task = PoisonedVAETask(config, experiment.task.optimizer, experiment.task.eval_images)
     return dataclasses.replace(experiment, task=task, train_data=PoisonedLoader(experiment.train_data, bad_indices))
 
 

@@ -1,7 +1,9 @@
-"""Preemption: SIGKILL at random points (one during a checkpoint write) and SIGTERM never cost a run.
+"""Preemption: SIGKILL at random points (one during a checkpoint write), SIGTERM, Ctrl-C and a second run started
+on the same workdir never cost a run.
 
 Each family's tiny run is killed repeatedly and restarted with the same command; the
-final state must be bit-identical (CPU) to that of a run never interrupted. The VAE
+final state must be bit-identical (CPU) to that of a run never interrupted, and its
+metrics.jsonl must hold every (step, split) once, with the same figures. The VAE
 runs in CI; the GAN and the char LM (slower to start and step) are marked slow.
 """
 
@@ -19,6 +21,7 @@ import time
 import pytest
 
 import faults
+from genjax.metrics_log import read_metrics
 
 STEPS = 40
 CHECKPOINT_EVERY = 4
@@ -130,9 +133,25 @@ def test_sigkill_at_random_points_then_rerun_is_bit_identical(family, tmp_path, 
     meta = [json.loads((w / step_dir / "meta" / "metadata").read_text()) for w in (workdir, reference)]
     assert meta[0]["data_index"] == meta[1]["data_index"] == STEPS
     assert meta[0]["train_rng"] == meta[1]["train_rng"]
+    assert_same_history(workdir, reference)
 
 
-def test_sigterm_checkpoints_the_current_step_and_exits_zero(tmp_path, compile_cache, reference_runs):
+def assert_same_history(workdir: pathlib.Path, reference: pathlib.Path) -> None:
+    """metrics.jsonl holds each (step, split) once, and every figure but the timing equals the uninterrupted run's."""
+    rows = read_metrics(workdir)
+    keys = [(row["step"], row["split"]) for row in rows]
+    assert len(keys) == len(set(keys)), f"repeated rows: {sorted(k for k in set(keys) if keys.count(k) > 1)[:5]}"
+
+    def figures(run: pathlib.Path) -> dict:
+        return {(row["step"], row["split"]): {k: v for k, v in row.items() if k != "steps_per_s"} for row in read_metrics(run)}
+
+    assert figures(workdir) == figures(reference)
+    assert [row["step"] for row in read_metrics(workdir, "test")] == [STEPS]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_stop_signal_checkpoints_the_current_step_and_exits_zero(stop_signal, tmp_path, compile_cache, reference_runs):
+    """SIGTERM (preemption) and Ctrl-C (SIGINT) both finish the step, checkpoint it and exit 0; rerunning resumes."""
     family = "experiments.vae_mnist"
     reference = reference_runs(family)
     env, workdir = faults.environment(compile_cache), tmp_path / "stopped"
@@ -141,19 +160,45 @@ def test_sigterm_checkpoints_the_current_step_and_exits_zero(tmp_path, compile_c
     lines = Lines(process)
     reached = lines.wait_for_step(7)
     assert reached is not None, "".join(lines.seen)[-3000:]
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop_signal)
     assert process.wait(timeout=120) == 0, "".join(lines.seen)[-3000:]
     while lines.next(timeout=10) is not None:
         pass
     output = "".join(lines.seen)
-    saved = re.search(r"SIGTERM: saved (\S+); exiting", output)
+    saved = re.search(rf"{stop_signal.name}: saved (\S+); exiting", output)
     assert saved, output[-3000:]
     stopped_at = int(pathlib.Path(saved.group(1)).name)
     assert reached <= stopped_at < STEPS
-    assert faults.committed_steps(workdir) == [stopped_at]  # checkpoint_every=1000: only SIGTERM saved
+    assert faults.committed_steps(workdir) == [stopped_at]  # checkpoint_every=1000: only the signal saved
 
     resumed = faults.run(cmd, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {workdir.absolute() / 'checkpoints' / str(stopped_at)}" in resumed.stdout
     step_dir = f"checkpoints/{STEPS}"
     faults.assert_bit_identical(faults.checkpoint_arrays(workdir / step_dir), faults.checkpoint_arrays(reference / step_dir))
+    assert_same_history(workdir, reference)
+
+
+def test_a_second_run_on_a_busy_workdir_stops_at_once(tmp_path, compile_cache, reference_runs):
+    """The same command started twice on one workdir (a double-submitted job): the second exits non-zero at once
+    naming the first's pid, writes nothing, and the first finishes as an undisturbed run does."""
+    family = "experiments.vae_mnist"
+    reference = reference_runs(family)
+    env, workdir = faults.environment(compile_cache), tmp_path / "busy"
+    cmd = run_command(family, workdir)
+    first = faults.start(cmd, env)
+    lines = Lines(first)
+    assert lines.wait_for_step(2) is not None, "".join(lines.seen)[-3000:]
+    first.send_signal(signal.SIGSTOP)  # paused mid-run, holding the workdir, however fast its 40 steps would be
+    started = time.monotonic()
+    second = faults.run(cmd, env)
+    first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2, second.stderr[-3000:]
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert f"workdir '{workdir}' is in use by pid {first.pid} on host" in errors[0], errors[0]
+    assert time.monotonic() - started < 60  # stopped before loading data or compiling anything
+    assert first.wait(timeout=1200) == 0, "".join(lines.seen)[-3000:]
+    step_dir = f"checkpoints/{STEPS}"
+    faults.assert_bit_identical(faults.checkpoint_arrays(workdir / step_dir), faults.checkpoint_arrays(reference / step_dir))
+    assert_same_history(workdir, reference)

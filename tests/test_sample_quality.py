@@ -66,6 +66,14 @@ def test_classifier_score_bounds():
     np.testing.assert_allclose(float(classifier_score(confident_balanced)), 10.0, rtol=1e-4)
 
 
+def test_classifier_score_stays_finite_when_classes_get_zero_probability():
+    """5 of 10 classes predicted, each with logit gaps of 120: the other 5 classes' probabilities underflow to 0 in
+    float32, and 0 * log 0 counts as 0 (numpy in float64: 5.0)."""
+    logits = np.full((1000, 10), -120.0, np.float32)
+    logits[np.arange(1000), np.arange(1000) % 5] = 0.0
+    np.testing.assert_allclose(float(classifier_score(logits)), 5.0, rtol=1e-5)
+
+
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(feature_checkpoint, test_images):
     network = load_feature_network(feature_checkpoint)
     _, mean, cov = network.statistics(test_images)

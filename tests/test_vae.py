@@ -46,9 +46,9 @@ def test_iwae_bound_is_tighter_than_the_elbo(data_dir):
     task, mesh = experiment.task, sharding.make_mesh(1)
     batch = to_global(experiment.train_data.batch_at(0), sharding.batch_sharding(mesh))
     state = jax.jit(task.init_state)(jax.random.key(0), batch)
-    x = task.test_images[:50].astype(np.float32) / 255.0
+    x = task.eval_images["test"][:50].astype(np.float32) / 255.0
     params = state.params["model"]
-    mean_elbo = -float(task.eval_step(state, {"image": task.test_images[:50], "mask": np.ones(50, bool)}, jax.random.key(1))["neg_elbo"]) / 50
+    mean_elbo = -float(task.eval_step(state, {"image": task.eval_images["test"][:50], "mask": np.ones(50, bool)}, jax.random.key(1))["neg_elbo"]) / 50
     iwae = float(jnp.mean(iwae_log_likelihood(task.model, params, x, jax.random.key(2), num_samples=200, chunk=100)))
     assert iwae > mean_elbo  # the k-sample bound is above the one-sample ELBO, even untrained
 
@@ -145,8 +145,9 @@ def test_experiment_end_to_end(tmp_path, data_dir):
         "--config.log_every=10", "--config.iwae_samples=100", "--config.model.latents=2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(workdir, "validation")] == [15, 30]
     test_rows = read_metrics(workdir, "test")
-    assert [r["step"] for r in test_rows] == [15, 30]
+    assert [r["step"] for r in test_rows] == [30]
     final = test_rows[-1]
     assert final["nll"] <= final["neg_elbo"] + 1e-3  # the IWAE bound is at least as tight as the ELBO
     train_rows = read_metrics(workdir, "train")
@@ -156,4 +157,4 @@ def test_experiment_end_to_end(tmp_path, data_dir):
     assert {"samples_0000030.png", "reconstructions_0000030.png", "manifold_0000030.png"} <= samples
     assert any((workdir / "tensorboard").iterdir())
     assert (workdir / "checkpoints" / "30").is_dir()
-    assert "final test" in result.stdout and "steps/s" in result.stdout
+    assert "step 30  test " in result.stdout and "steps/s" in result.stdout

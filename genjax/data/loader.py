@@ -12,6 +12,7 @@ and only the row indices of each batch travel.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from typing import Callable, Iterator, Protocol
@@ -96,6 +97,11 @@ def eval_batches(arrays: Batch, global_batch_size: int) -> Iterator[Batch]:
         batch = {k: np.concatenate([v[start:stop], np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in arrays.items()}
         batch["mask"] = np.arange(global_batch_size) < stop - start
         yield {k: v[rows] for k, v in batch.items()}
+
+
+def eval_splits(held_out: dict[str, Batch], global_batch_size: int) -> dict[str, Callable[[], Iterator[Batch]]]:
+    """{split: arrays} -> {split: a callable giving that split's `eval_batches` afresh} (`Experiment.eval_data`)."""
+    return {split: functools.partial(eval_batches, arrays, global_batch_size) for split, arrays in held_out.items()}
 
 
 def to_global(batch: Batch, sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -6,13 +6,15 @@ MNIST's PNGs costs seconds, so no epoch pays for it again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pathlib
+from typing import Iterator
 
 import numpy as np
 
-from genjax.errors import GenjaxError
+from genjax.errors import GenjaxError, first_line
 
 
 def resolve_data_dir(data_dir: str = "") -> str | None:
@@ -78,14 +80,35 @@ def data_source(name: str, split: str, data_dir: str = "", download: bool = True
             f"dataset '{name}' lacks feature(s) {missing} (it has {sorted(builder.info.features.keys())}); "
             f"choose a dataset with {list(features)}"
         )
-    return tfds.data_source(name, split=split, data_dir=directory, download=False)
+    with _damaged_files(builder, split):
+        return tfds.data_source(name, split=split, data_dir=directory, download=False)
+
+
+@contextlib.contextmanager
+def _damaged_files(builder, split: str) -> Iterator[None]:
+    """Turns array_record's error for a truncated or overwritten file into a GenjaxError naming the split's files."""
+    try:
+        yield
+    except (RuntimeError, OSError, ValueError) as error:
+        files = sorted(str(p) for p in pathlib.Path(builder.data_dir).glob(f"*-{split}.*"))
+        raise GenjaxError(
+            f"dataset '{builder.name}' split '{split}' cannot be read from {', '.join(files) or builder.data_dir} "
+            f"({first_line(error)}); the file is damaged: prepare the dataset again (delete {builder.data_dir} and rerun "
+            "with --config.download=True and internet) or copy it anew"
+        ) from None
+
+
+def read_split(name: str, split: str, data_dir: str = "", download: bool = True, features: tuple[str, ...] = ()) -> list[dict]:
+    """Every record of `name`/`split`, decoded (see `data_source`); GenjaxError naming the files if one is damaged."""
+    source = data_source(name, split, data_dir, download, features)
+    with _damaged_files(_tfds().builder(name, data_dir=resolve_data_dir(data_dir)), split):
+        return source.__getitems__(range(len(source)))
 
 
 @functools.lru_cache(maxsize=8)
 def image_arrays(name: str, split: str, data_dir: str = "", download: bool = True) -> dict[str, np.ndarray]:
     """The whole split decoded once: {'image': uint8 [N, H, W, C], 'label': int32 [N]}."""
-    source = data_source(name, split, data_dir, download, features=("image", "label"))
-    records = source.__getitems__(range(len(source)))
+    records = read_split(name, split, data_dir, download, features=("image", "label"))
     return {
         "image": np.stack([r["image"] for r in records]),
         "label": np.asarray([r["label"] for r in records], np.int32),
@@ -95,13 +118,11 @@ def image_arrays(name: str, split: str, data_dir: str = "", download: bool = Tru
 @functools.lru_cache(maxsize=8)
 def text(name: str, split: str, data_dir: str = "", download: bool = True) -> str:
     """A single-text split (e.g. tiny_shakespeare) as one UTF-8 string."""
-    source = data_source(name, split, data_dir, download, features=("text",))
-    return "".join(source[i]["text"].decode("utf-8") for i in range(len(source)))
+    return "".join(r["text"].decode("utf-8") for r in read_split(name, split, data_dir, download, features=("text",)))
 
 
 @functools.lru_cache(maxsize=8)
 def labelled_texts(name: str, split: str, data_dir: str = "", download: bool = True) -> tuple[list[str], np.ndarray]:
     """A text-classification split (e.g. imdb_reviews): (texts, int32 labels [N])."""
-    source = data_source(name, split, data_dir, download, features=("text", "label"))
-    records = source.__getitems__(range(len(source)))
+    records = read_split(name, split, data_dir, download, features=("text", "label"))
     return [r["text"].decode("utf-8") for r in records], np.asarray([r["label"] for r in records], np.int32)

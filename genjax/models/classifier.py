@@ -17,6 +17,8 @@ import ml_collections
 from genjax.errors import GenjaxError
 
 KINDS = ("mlp", "cnn")
+_FIELDS = {"mlp": {"hidden": (tuple, list)}, "cnn": {"channels": (tuple, list), "hidden": int}}  # per kind: the type of each field
+_KIND_NAMES = {(tuple, list): "a tuple of widths", int: "one width"}
 
 
 class MLP(nn.Module):
@@ -73,6 +75,13 @@ class CNN(nn.Module):
 def make_classifier(model: ml_collections.ConfigDict, dtype: Any = jnp.float32) -> nn.Module:
     """The classifier named by `model.kind` ("mlp" or "cnn") with the config's widths and dropout,
     computing its matmuls/convolutions in `dtype` (parameters stay float32)."""
+    for field, kind in _FIELDS.get(model.kind, {}).items():
+        if not isinstance(model.get(field), kind):
+            has = f"sets it to {model[field]!r}" if field in model else "lacks it"
+            raise GenjaxError(
+                f"model.kind '{model.kind}' needs model.{field} ({_KIND_NAMES[kind]}) and this config {has}; "
+                f"train the {model.kind.upper()} with experiments.{model.kind}_mnist"
+            )
     if model.kind == "mlp":
         return MLP(hidden=tuple(model.hidden), dropout_rate=model.dropout_rate, dtype=dtype)
     if model.kind == "cnn":

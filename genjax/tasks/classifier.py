@@ -15,12 +15,13 @@ import optax
 
 from genjax.data import sources
 from genjax.data.images import augment_digits
-from genjax.data.loader import ShuffledArrayLoader, eval_batches
+from genjax.data.loader import ShuffledArrayLoader, eval_splits
+from genjax.data.splits import hold_out
 from genjax.models.classifier import make_classifier
 from genjax.optim import Optimizer, make_optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step
-from genjax.task import Experiment, num_train_steps
+from genjax.task import TEST, VALIDATION, Experiment, num_train_steps
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -101,11 +102,11 @@ class ClassifierTask:
         return {**classification_sums(logits, batch["label"], batch["mask"]), "rows": rows}
 
     def report(
-        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
     ) -> dict[str, float]:
         """At the end: macro precision/recall/F1 over the whole test split and `<workdir>/confusion_matrix.png`,
         from the evaluation's rows."""
-        if not final:
+        if split != TEST:
             return {}
         confusion, metrics = classification_metrics(rows["label"], rows["prediction"], self.model.num_classes)
         if jax.process_index() == 0:
@@ -115,16 +116,21 @@ class ClassifierTask:
 
 
 def build_experiment(config: ml_collections.ConfigDict, name: str) -> Experiment:
-    """Data, optimizer and task of a classifier experiment (`config.model.kind` picks the network)."""
-    train = sources.image_arrays(config.dataset, "train", config.data_dir, config.download)
+    """Data, optimizer and task of a classifier experiment (`config.model.kind` picks the network).
+
+    Trains on the train split less its last `config.validation_examples` images, which are the validation split.
+    """
+    train, validation = hold_out(sources.image_arrays(config.dataset, "train", config.data_dir, config.download), config.validation_examples)
     test = sources.image_arrays(config.dataset, "test", config.data_dir, config.download)
     loader = ShuffledArrayLoader(train, config.batch_size, seed=config.seed)
     steps = num_train_steps(config, loader.steps_per_epoch)
     task = ClassifierTask(config, make_classifier(config.model, compute_dtype(config.dtype)), make_optimizer(config.optimizer, steps))
+    held_out = {VALIDATION: validation, TEST: test}
     return Experiment(
         name=name,
         task=task,
         train_data=loader,
-        eval_data=lambda: eval_batches(test, config.eval_batch_size),
+        eval_data=eval_splits(held_out, config.eval_batch_size),
         num_train_steps=steps,
+        data_signature={"dataset": config.dataset, "train": len(train["label"]), **{k: len(v["label"]) for k, v in held_out.items()}},
     )

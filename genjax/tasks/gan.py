@@ -25,6 +25,7 @@ from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.sample_quality import FeatureNetwork, real_data_calibration
 from genjax.state import TrainState, apply_gradients, create_train_state, eval_params, local_copy
+from genjax.task import TEST, VALIDATION
 
 NUM_GRID_SAMPLES = 64
 QUALITY_CHUNK = 1000
@@ -74,13 +75,15 @@ def to_signed(images: jax.Array) -> jax.Array:
 class GANTask:
     """DCGAN on uint8 digits. Networks "generator" (EMA, batch_stats in model_state) and "discriminator"."""
 
+    report_metrics = ("classifier_is", "classifier_fid")  # what `report` adds to every evaluation
+
     def __init__(
         self,
         config: ml_collections.ConfigDict,
         optimizers: dict[str, Optimizer],
         feature_network: FeatureNetwork | None,
         train_images: np.ndarray,
-        test_images: np.ndarray,
+        eval_images: dict[str, np.ndarray],
     ):
         if config.loss not in LOSSES:
             raise GenjaxError(f"unknown loss '{config.loss}'; choose one of {sorted(LOSSES)} (--config.loss=hinge)")
@@ -99,9 +102,9 @@ class GANTask:
         self.optimizers = optimizers
         self.feature_network = feature_network  # None: no sample-quality scores (built for the step benchmarks)
         self.train_images = train_images  # uint8 [N, 28, 28, 1], for the real-data calibration
-        self.test_images = test_images  # uint8 [N, 28, 28, 1], the FID reference
+        self.eval_images = eval_images  # {split: uint8 [N, 28, 28, 1]}: each held-out split is its evaluation's FID reference
         self.grid_latents = jax.random.normal(jax.random.key(config.seed), (NUM_GRID_SAMPLES, self.latents))
-        self._test_statistics = None
+        self._statistics: dict[str, tuple[jax.Array, jax.Array, jax.Array]] = {}
 
     def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
         g_rng, d_rng = jax.random.split(rng)
@@ -212,38 +215,38 @@ class GANTask:
     def _sample_chunk(self, variables: dict, rng: jax.Array, index: jax.Array) -> jax.Array:
         return self.sample(variables, jax.random.normal(jax.random.fold_in(rng, index), (QUALITY_CHUNK, self.latents)))
 
-    def test_statistics(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """The test split's (logits, feature mean, feature covariance), computed once: the FID reference."""
+    def statistics(self, split: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The held-out `split`'s (logits, feature mean, feature covariance), computed once: its FID reference."""
         if self.feature_network is None:
             raise GenjaxError(
                 "this GAN task was built without its metric CNN (gan_mnist.build(config, with_metrics=False)), so it "
                 "cannot score samples; build it with with_metrics=True and --config.feature_checkpoint=<cnn_mnist workdir>"
             )
-        if self._test_statistics is None:
-            self._test_statistics = self.feature_network.statistics(self.test_images.astype(np.float32) / 255.0)
-        return self._test_statistics
+        if split not in self._statistics:
+            self._statistics[split] = self.feature_network.statistics(self.eval_images[split].astype(np.float32) / 255.0)
+        return self._statistics[split]
 
-    def sample_quality(self, variables: dict, rng: jax.Array) -> dict[str, float]:
-        """classifier_is and classifier_fid (to the test split) of `num_quality_samples` generator samples."""
-        reference = self.test_statistics()[1:]  # first, as it checks that the task has its metric CNN
+    def sample_quality(self, variables: dict, rng: jax.Array, split: str) -> dict[str, float]:
+        """classifier_is and classifier_fid (to the held-out `split`) of `num_quality_samples` generator samples."""
+        reference = self.statistics(split)[1:]  # first, as it checks that the task has its metric CNN
         chunks = -(-self.config.num_quality_samples // QUALITY_CHUNK)
         images = jnp.concatenate([self._sample_chunk(variables, rng, i) for i in range(chunks)])
         return self.feature_network.scores(images[: self.config.num_quality_samples], reference)
 
     def report(
-        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
     ) -> dict[str, float]:
-        """A grid of the EMA generator's samples of fixed latents and its classifier-IS/FID.
+        """The EMA generator's classifier-IS/FID to `split`; at each validation a grid of its samples of fixed latents.
 
-        At the end also the trained (non-EMA) generator's scores (`raw_` prefix) and the real data's own.
+        On the test split (the end) also the trained (non-EMA) generator's scores (`raw_` prefix) and the real data's own.
         """
         variables = local_copy(self.sampling_variables(state))
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and split == VALIDATION:
             grid = jax.device_get(self.sample(variables, self.grid_latents))
             vis.save_image_grid(grid, workdir / "samples" / f"samples_{step:07d}.png")
-        metrics = self.sample_quality(variables, rng)
-        if final:
-            raw = self.sample_quality(local_copy(self.sampling_variables(state, ema=False)), rng)
+        metrics = self.sample_quality(variables, rng, split)
+        if split == TEST:
+            raw = self.sample_quality(local_copy(self.sampling_variables(state, ema=False)), rng, split)
             metrics.update({f"raw_{k}": v for k, v in raw.items()})
-            metrics.update(real_data_calibration(self.feature_network, self.train_images, self.test_statistics()))
+            metrics.update(real_data_calibration(self.feature_network, self.train_images, self.statistics(TEST)))
         return metrics

@@ -18,6 +18,7 @@ from genjax.models.transformer import DecoderLM
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
+from genjax.task import VALIDATION
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -82,10 +83,11 @@ class LanguageModelTask:
         return [self.tokenizer.decode(row) for row in tokens]
 
     def report(
-        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
     ) -> dict[str, float]:
-        """Writes `<workdir>/samples/sample_<step>.txt` (prompt + continuations at the configured temperature/top-k)."""
-        if jax.process_index() == 0:
+        """At each validation, writes `<workdir>/samples/sample_<step>.txt` (prompt + continuations at the configured
+        temperature/top-k)."""
+        if jax.process_index() == 0 and split == VALIDATION:
             s = self.config.sample
             params = local_copy(eval_params(state))
             texts = self.sample(params, s.prompt, jax.random.fold_in(rng, step), s.length, s.temperature, s.top_k, s.num_samples)

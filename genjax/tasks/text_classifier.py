@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +20,7 @@ from genjax.models.transformer import EncoderClassifier
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step
+from genjax.task import TEST
 from genjax.tasks.classifier import classification_sums
 
 
@@ -51,7 +53,10 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def binary_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """accuracy, precision, recall, f1 (positive class 1, predicted when p >= threshold) and roc_auc."""
+    """accuracy, precision, recall, f1 (positive class 1, predicted when p >= threshold) and roc_auc.
+
+    ROC-AUC is undefined when `labels` hold one class only: it is then nan, with one warning line on stderr.
+    """
     predicted = probabilities >= threshold
     positive = labels == 1
     tp, fp, fn = np.sum(predicted & positive), np.sum(predicted & ~positive), np.sum(~predicted & positive)
@@ -63,8 +68,17 @@ def binary_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: flo
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(2 * precision * recall / max(precision + recall, 1e-12)),
-        "roc_auc": float(np.trapezoid(tpr, fpr)),
+        "roc_auc": roc_auc(fpr, tpr, labels),
     }
+
+
+def roc_auc(fpr: np.ndarray, tpr: np.ndarray, labels: np.ndarray) -> float:
+    """The area under the ROC curve (`roc_curve`'s rates); nan, with a warning line, when `labels` hold one class."""
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        print(f"warning: ROC-AUC is undefined with labels of one class only ({classes.tolist()}); reported as nan", file=sys.stderr)
+        return float("nan")
+    return float(np.trapezoid(tpr, fpr))
 
 
 def save_roc_png(probabilities: np.ndarray, labels: np.ndarray, path: pathlib.Path, title: str) -> None:
@@ -125,10 +139,10 @@ class TextClassifierTask:
         return np.concatenate([np.asarray(self.positive_probability(params, tokens[i : i + size])) for i in range(0, len(tokens), size)])
 
     def report(
-        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
     ) -> dict[str, float]:
         """At the end: test precision / recall / F1 / ROC-AUC and `<workdir>/roc_curve.png`, from the evaluation's rows."""
-        if not final:
+        if split != TEST:
             return {}
         metrics = binary_metrics(rows["probability"], rows["label"])
         if jax.process_index() == 0:

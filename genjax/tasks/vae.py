@@ -20,6 +20,7 @@ from genjax.models.vae import KINDS, VAE
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
+from genjax.task import TEST, VALIDATION
 
 IWAE_CHUNK = 100  # importance samples per pass of the IWAE bound
 
@@ -87,7 +88,7 @@ class VAETask:
     code path serves static and dynamic binarisation.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, test_images: np.ndarray):
+    def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, eval_images: dict[str, np.ndarray]):
         check_config(config)
         self.config = config
         self.model = VAE(
@@ -98,7 +99,7 @@ class VAETask:
             dtype=compute_dtype(config.dtype),
         )
         self.optimizer = optimizer
-        self.test_images = test_images  # uint8 0/255, the fixed binarisation of the test split
+        self.eval_images = eval_images  # {split: uint8 0/255 [N, 28, 28, 1]}, the fixed binarisation of each held-out split
 
     def _inputs(self, rng: jax.Array, images: jax.Array) -> jax.Array:
         aug_rng, bin_rng = jax.random.split(rng)
@@ -143,29 +144,29 @@ class VAETask:
         return jax.nn.sigmoid(self.model.apply({"params": params}, z, method=VAE.decode))
 
     def report(
-        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
     ) -> dict[str, float]:
-        """Sample, reconstruction (and manifold) grids; at the end, the IWAE `nll` on the test split."""
+        """Sample and validation-reconstruction (and manifold) grids; at the end, the IWAE `nll` on the test split."""
         params = local_copy(eval_params(state))
-        if jax.process_index() == 0:
-            x = self.test_images[:32].astype(np.float32) / 255.0
+        if jax.process_index() == 0 and split == VALIDATION:
+            x = self.eval_images[VALIDATION][:32].astype(np.float32) / 255.0
             recon, samples = jax.device_get(self._reconstruct_and_sample(params, x, rng))
             samples_dir = workdir / "samples"
             vis.save_image_grid(np.concatenate([x, recon]), samples_dir / f"reconstructions_{step:07d}.png")
             vis.save_image_grid(samples, samples_dir / f"samples_{step:07d}.png")
             if self.config.model.latents == 2:
                 vis.save_image_grid(jax.device_get(self._manifold(params)), samples_dir / f"manifold_{step:07d}.png", 16)
-        if not final or self.config.iwae_samples <= 0:
+        if split != TEST or self.config.iwae_samples <= 0:
             return {}
-        return {"nll": self.test_nll(params, rng)}
+        return {"nll": self.iwae_nll(params, rng, self.eval_images[TEST])}
 
-    def test_nll(self, params, rng: jax.Array) -> float:
-        """Mean IWAE bound (nats per example) over the whole fixed-binarised test split."""
+    def iwae_nll(self, params, rng: jax.Array, images: np.ndarray) -> float:
+        """Mean IWAE bound (nats per example) over `images` (uint8 0/255 [N, 28, 28, 1], a fixed binarisation)."""
         k = self.config.iwae_samples
         chunk = min(k, IWAE_CHUNK)
         bound = jax.jit(functools.partial(iwae_log_likelihood, self.model, num_samples=k, chunk=chunk))
         total, batch = 0.0, 250
-        for start in range(0, len(self.test_images), batch):
-            x = self.test_images[start : start + batch].astype(np.float32) / 255.0
+        for start in range(0, len(images), batch):
+            x = images[start : start + batch].astype(np.float32) / 255.0
             total += float(jnp.sum(bound(params, x, jax.random.fold_in(rng, start))))
-        return -total / len(self.test_images)
+        return -total / len(images)
