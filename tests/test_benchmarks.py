@@ -9,7 +9,6 @@ import csv
 import json
 import math
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import blas_dots, compare, matmul_bound, peaks, step_throughput, sweep
+from benchmarks import compare, matmul_bound, peaks, step_throughput, sweep
 from conftest import REPO, emulated_cpu_env, run_module
 from genjax import cli, flops, loop, sharding
 from genjax.data.loader import to_global
@@ -219,48 +218,3 @@ def test_sweep_over_emulated_devices_writes_csv_and_plot(tmp_path, data_dir, mon
     assert math.isfinite(float(rows[0]["mfu"]))
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
 
-
-needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="--dots=openblas compiles its custom call with g++")
-
-
-@needs_gxx
-@pytest.mark.parametrize("lhs_shape, rhs_shape, dimension_numbers", DOTS)
-def test_openblas_dot_is_the_dot(lhs_shape, rhs_shape, dimension_numbers):
-    lhs = jax.random.normal(jax.random.key(0), lhs_shape)
-    rhs = jax.random.normal(jax.random.key(1), rhs_shape)
-    blas_dots.register()
-    product = jax.jit(blas_dots.openblas_dot, static_argnums=2)(lhs, rhs, dimension_numbers)
-    np.testing.assert_allclose(product, jax.lax.dot_general(lhs, rhs, dimension_numbers), rtol=1e-5, atol=1e-5)
-
-
-@needs_gxx
-def test_openblas_dots_reach_into_jits_and_scans_and_keep_the_gradient():
-    """A scanned layer inside a jit, differentiated: every dot of forward and backward runs in OpenBLAS."""
-    w = jax.random.normal(jax.random.key(0), (4, 16, 16)) / 4
-    x = jax.random.normal(jax.random.key(1), (8, 16))
-
-    @jax.jit
-    def loss(w, x):
-        h, _ = jax.lax.scan(lambda h, wi: (jnp.tanh(h @ wi), None), x, w)
-        return jnp.sum(h**2)
-
-    grad = jax.grad(loss)
-    with_blas = blas_dots.with_openblas_dots(grad, w, x)
-    hlo = jax.jit(with_blas).lower(w, x).as_text()
-    assert "dot_general" not in hlo and blas_dots.TARGET in hlo
-    np.testing.assert_allclose(jax.jit(with_blas)(w, x), grad(w, x), rtol=1e-4, atol=1e-5)
-
-
-@needs_gxx
-def test_compare_times_openblas_dots_against_xla(capsys, data_dir):
-    compare.main(["--model", "vae", "--batch-size", str(BATCH), "--steps", "2", "--rounds", "2", f"--config.data_dir={data_dir}",
-                  "--variant", "xla", "--variant", "openblas", "--dots=openblas"])
-    xla, openblas = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["variants"]
-    assert openblas["args"] == ["--dots=openblas"] and openblas["step_ms_median"] > 0
-    for name, value in xla["metrics_after_3_steps"].items():  # the same function, other kernels
-        assert openblas["metrics_after_3_steps"][name] == pytest.approx(value, rel=1e-4), name
-
-
-def test_compare_refuses_an_unknown_dot_kernel():
-    with pytest.raises(GenjaxError, match="unknown '--dots=mkl'; use --dots=xla"):
-        compare.split_dots(["--config.seed=0", "--dots=mkl"])
