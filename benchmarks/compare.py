@@ -9,7 +9,7 @@ to that variant alone. Each variant is built and compiled as in `benchmarks.step
 jitted train step, a device-resident batch, no input pipeline). Then `rounds` rounds each time one
 window of steps per variant, the order rotated every round, so a change of machine load hits every
 variant alike: on a shared machine, runs in separate processes minutes apart differ by more than the
-few per cent a change is often worth (benchmarks/RESULTS.md).
+few per cent a change is often worth (benchmarks/HISTORY.md).
 
 Prints a table, then one JSON line: per variant the median, 25th and 75th percentile and minimum over
 windows of ms per step, the median relative to the first variant's, MFU (as in step_throughput), compile
