@@ -5,13 +5,11 @@ Command:  python -m benchmarks.compare --model imdb --batch-size 64 --steps 100 
               --variant xla --config.model.attention_kernel=xla \
               --variant blocked --config.model.attention_kernel=blocked
 `--config.*` arguments before the first `--variant` apply to every variant; those after `--variant NAME`
-to that variant alone. A variant's `--dots=openblas` runs its float32 dots in numpy's OpenBLAS through
-an XLA custom call instead of XLA's own kernels (benchmarks/blas_dots.py; one CPU device, needs g++).
-Each variant is built and compiled as in `benchmarks.step_throughput` (its real jitted train step, a
-device-resident batch, no input pipeline). Then `rounds` rounds each time one
+to that variant alone. Each variant is built and compiled as in `benchmarks.step_throughput` (its real
+jitted train step, a device-resident batch, no input pipeline). Then `rounds` rounds each time one
 window of steps per variant, the order rotated every round, so a change of machine load hits every
 variant alike: on a shared machine, runs in separate processes minutes apart differ by more than the
-few per cent a change is often worth (benchmarks/RESULTS.md).
+few per cent a change is often worth (benchmarks/HISTORY.md).
 
 Prints a table, then one JSON line: per variant the median, 25th and 75th percentile and minimum over
 windows of ms per step, the median relative to the first variant's, MFU (as in step_throughput), compile
@@ -32,7 +30,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from benchmarks import blas_dots, peaks
+from benchmarks import peaks
 from benchmarks.step_throughput import (
     DTYPES, StepSetup, check_sizes, family_of, format_table, make_config, repeat, set_up, source_revision, step_flops,
     step_parser, time_windows,
@@ -79,15 +77,6 @@ def split_variants(args: Sequence[str]) -> tuple[list[str], list[tuple[str, list
     return common, variants
 
 
-def split_dots(args: Sequence[str]) -> tuple[str, list[str]]:
-    """(the variant's dot kernels, "xla" unless `--dots=openblas` is among `args`; the other arguments)."""
-    dots = [arg for arg in args if arg.startswith("--dots")]
-    for arg in dots:
-        if arg not in ("--dots=xla", "--dots=openblas"):
-            raise GenjaxError(f"unknown '{arg}'; use --dots=xla (the default) or --dots=openblas")
-    return (dots[-1].partition("=")[2] if dots else "xla"), [arg for arg in args if not arg.startswith("--dots")]
-
-
 def prepare(name: str, setup: StepSetup, flops: int) -> Variant:
     """Compiles the variant's step ahead of time and runs its first steps from the fresh state."""
     start = time.perf_counter()
@@ -112,11 +101,8 @@ def compare(model: str, batch_size: int, steps: int, rounds: int, dtype: str, co
         raise GenjaxError(f"--rounds ({rounds}) must be >= 1")
     prepared = []
     for name, args in variants:
-        dots, config_args = split_dots([*common, *args])
-        config = make_config(family, batch_size, dtype, config_args)
+        config = make_config(family, batch_size, dtype, [*common, *args])
         setup = set_up(family, config)
-        if dots == "openblas":
-            setup.train_step = blas_dots.openblas_train_step(setup)
         flops, _ = step_flops(family, setup.experiment.task, setup.abstract_state, setup.batch, setup.train_rng)
         prepared.append(prepare(name, setup, flops))
     sizes = {v.name: int(v.setup.mesh.devices.size) for v in prepared}

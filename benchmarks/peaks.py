@@ -39,7 +39,7 @@ PUBLISHED_PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 MATMUL_SIZE = {"cpu": 1024}
 DEFAULT_MATMUL_SIZE = 8192
 # Matmuls per sample, the fastest counted: on the 2-core CPU the first matmul after a step ran at 134-145
-# GFLOP/s where the next ones ran at 193-213 (a GAN step of 200 ms), which inflated MFU (benchmarks/RESULTS.md).
+# GFLOP/s where the next ones ran at 193-213 (a GAN step of 200 ms), which inflated MFU (benchmarks/HISTORY.md).
 MATMULS_PER_SAMPLE = 3
 
 

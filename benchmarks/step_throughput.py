@@ -16,8 +16,7 @@ steps run in windows, each closed by `block_until_ready`, and the median and 90t
 are over the windows' per-step times. MFU is model FLOPs per second over the peak of all devices
 (benchmarks/peaks.py: published, or on CPU the fastest of three large matmuls timed after every window,
 in the same process and under the same load), the median over windows. FLOP conventions: genjax/flops.py.
-`--matmul-bound` adds the step's matmul-only bound and the MFU ceiling it implies, with XLA's kernels
-and with each dot at the faster of XLA and numpy's BLAS (benchmarks/matmul_bound.py).
+`--matmul-bound` adds the step's matmul-only bound and the MFU ceiling it implies (benchmarks/matmul_bound.py).
 """
 
 from __future__ import annotations
@@ -234,7 +233,7 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
     timed = summary(real if real else synthetic)
     step_s = timed["step_ms_median"] / 1e3
     mfu = float(np.median([model_flops / seconds / p for seconds, p in zip(real or synthetic, peak)]))
-    bound_s, blas_bound_s = matmul_bound.matmul_bounds_s(task.train_step, abstract_state, batch, train_rng) if bound else (None, None)
+    bound_s = matmul_bound.matmul_bound_s(task.train_step, abstract_state, batch, train_rng) if bound else None
     tokens = family.tokens_per_example(config) * batch_size if family.tokens_per_example else None
     device = mesh.devices.flat[0]
     return {
@@ -254,25 +253,16 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
         "compile_s": compile_s,
         "matmul_bound_ms": bound_s * 1e3 if bound_s else None,
         "mfu_ceiling": mfu * step_s / bound_s if bound_s else None,  # the MFU at the bound, against the same peak
-        "matmul_bound_blas_ms": blas_bound_s * 1e3 if blas_bound_s else None,  # each dot at the faster of XLA and numpy's BLAS; CPU only
-        "mfu_ceiling_blas": mfu * step_s / blas_bound_s if blas_bound_s else None,
         "synthetic_step_ms_median": summary(synthetic)["step_ms_median"],
         "real_over_synthetic": summary(synthetic)["step_ms_median"] / timed["step_ms_median"] if real else None,
         "device_kind": device.device_kind,
         "platform": device.platform,
         "num_devices": int(mesh.devices.size),
         "dtype": dtype,
-        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
-                     "numpy_blas": numpy_blas()},
+        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__},
         "config_args": list(config_args),
         "source_revision": source_revision(),
     }
-
-
-def numpy_blas() -> str:
-    """The BLAS numpy was built with, as "name version" (OpenBLAS in numpy's wheels): the one `--matmul-bound` compares XLA's dots with."""
-    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    return f"{blas.get('name')} {blas.get('version')}"
 
 
 def source_revision() -> str | None:

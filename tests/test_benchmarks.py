@@ -9,16 +9,14 @@ import csv
 import json
 import math
 import re
-import shutil
 import subprocess
 
 import pytest
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from benchmarks import blas_dots, compare, matmul_bound, peaks, step_throughput, sweep
+from benchmarks import compare, matmul_bound, peaks, step_throughput, sweep
 from conftest import REPO, emulated_cpu_env, run_module
 from genjax import cli, flops, loop, sharding
 from genjax.data.loader import to_global
@@ -28,8 +26,7 @@ FIELDS = {
     "model", "batch_size", "steps", "data", "step_ms_median", "step_ms_p90", "examples_per_s", "tokens_per_s",
     "flops_per_step", "executed_flops_per_step", "tflops_per_s", "mfu", "peak_tflops_per_s", "peak_source",
     "compile_s", "synthetic_step_ms_median", "real_over_synthetic", "device_kind", "platform", "num_devices",
-    "dtype", "versions", "matmul_bound_ms", "mfu_ceiling", "matmul_bound_blas_ms", "mfu_ceiling_blas", "config_args",
-    "source_revision",
+    "dtype", "versions", "matmul_bound_ms", "mfu_ceiling", "config_args", "source_revision",
 }
 BATCH = 8
 
@@ -55,7 +52,7 @@ def test_every_family_reports_every_field(model, family_args, capsys):
 
     assert set(result) == FIELDS
     assert (result["model"], result["batch_size"], result["steps"], result["data"]) == (model, BATCH, 2, data)
-    assert result["versions"].keys() == {"jax", "jaxlib", "flax", "optax", "numpy_blas"}
+    assert result["versions"].keys() == {"jax", "jaxlib", "flax", "optax"}
     assert 0 < result["step_ms_median"] <= result["step_ms_p90"]
     assert result["examples_per_s"] == pytest.approx(BATCH / result["step_ms_median"] * 1e3)
     assert result["tflops_per_s"] == pytest.approx(result["flops_per_step"] / result["step_ms_median"] / 1e9)
@@ -69,7 +66,7 @@ def test_every_family_reports_every_field(model, family_args, capsys):
     assert result["synthetic_step_ms_median"] > 0
     assert (result["real_over_synthetic"] is not None) == (data == "real")
     assert (result["tokens_per_s"] is not None) == (model in ("charlm", "charlm_gpu", "imdb"))
-    assert all(result[key] is None for key in ("matmul_bound_ms", "mfu_ceiling", "matmul_bound_blas_ms", "mfu_ceiling_blas"))  # --matmul-bound
+    assert result["matmul_bound_ms"] is None and result["mfu_ceiling"] is None  # only with --matmul-bound
     assert result["config_args"] == family_args(model)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     if head:
@@ -91,35 +88,12 @@ def test_matmul_bound_counts_each_matmul_as_often_as_it_runs():
 
     counts = sorted(count for _, count in matmul_bound.distinct_matmuls(fn, jax.ShapeDtypeStruct((8, 16), "float32"), w))
     assert counts == [1, 12]
-    xla_s, best_s = matmul_bound.matmul_bounds_s(fn, jax.ShapeDtypeStruct((8, 16), "float32"), w)
-    assert 0 < best_s <= xla_s
+    assert matmul_bound.matmul_bound_s(fn, jax.ShapeDtypeStruct((8, 16), "float32"), w) > 0
 
 
 def test_matmul_bound_of_a_real_step(capsys, data_dir):
     result = run_benchmark(capsys, "--model", "vae", "--batch-size", str(BATCH), "--steps", "2", "--matmul-bound", f"--config.data_dir={data_dir}")
     assert result["matmul_bound_ms"] > 0 and math.isfinite(result["mfu_ceiling"]) and result["mfu_ceiling"] > 0
-    assert 0 < result["matmul_bound_blas_ms"] <= result["matmul_bound_ms"]
-    assert result["mfu_ceiling_blas"] >= result["mfu_ceiling"]
-    assert result["versions"]["numpy_blas"]
-
-
-DOTS = [  # (lhs shape, rhs shape, dimension numbers) of the dot forms a train step has
-    ((8, 12), (12, 5), (((1,), (0,)), ((), ()))),  # x @ w
-    ((8, 12), (8, 5), (((0,), (0,)), ((), ()))),  # a weight gradient, contracting the batch: the left operand transposed
-    ((8, 12), (5, 12), (((1,), (1,)), ((), ()))),  # dy @ w.T: the right operand transposed
-    ((3, 4, 6, 2), (3, 2, 6, 5), (((2, 3), (2, 1)), ((0,), (0,)))),  # attention-like: batch, two contracted axes
-]
-
-
-@pytest.mark.parametrize("lhs_shape, rhs_shape, dimension_numbers", DOTS)
-def test_blas_operands_reproduce_the_dot(lhs_shape, rhs_shape, dimension_numbers):
-    """np.matmul of the [batch, M, K] @ [batch, K, N] operands, reshaped, is the dot_general itself."""
-    lhs = np.random.default_rng(0).standard_normal(lhs_shape, np.float32)
-    rhs = np.random.default_rng(1).standard_normal(rhs_shape, np.float32)
-    expected = jax.lax.dot_general(lhs, rhs, dimension_numbers)
-    eqn = jax.make_jaxpr(lambda a, b: jax.lax.dot_general(a, b, dimension_numbers))(lhs, rhs).jaxpr.eqns[0]
-    product = np.matmul(*matmul_bound.blas_operands(eqn, lhs, rhs)).reshape(expected.shape)
-    np.testing.assert_allclose(product, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_matmul_bound_on_several_devices_is_refused_before_timing(data_dir):
@@ -218,49 +192,3 @@ def test_sweep_over_emulated_devices_writes_csv_and_plot(tmp_path, data_dir, mon
     assert rows[0]["config_args"] == f"--config.num_devices=2 --config.data_dir={data_dir}"
     assert math.isfinite(float(rows[0]["mfu"]))
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
-
-
-needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="--dots=openblas compiles its custom call with g++")
-
-
-@needs_gxx
-@pytest.mark.parametrize("lhs_shape, rhs_shape, dimension_numbers", DOTS)
-def test_openblas_dot_is_the_dot(lhs_shape, rhs_shape, dimension_numbers):
-    lhs = jax.random.normal(jax.random.key(0), lhs_shape)
-    rhs = jax.random.normal(jax.random.key(1), rhs_shape)
-    blas_dots.register()
-    product = jax.jit(blas_dots.openblas_dot, static_argnums=2)(lhs, rhs, dimension_numbers)
-    np.testing.assert_allclose(product, jax.lax.dot_general(lhs, rhs, dimension_numbers), rtol=1e-5, atol=1e-5)
-
-
-@needs_gxx
-def test_openblas_dots_reach_into_jits_and_scans_and_keep_the_gradient():
-    """A scanned layer inside a jit, differentiated: every dot of forward and backward runs in OpenBLAS."""
-    w = jax.random.normal(jax.random.key(0), (4, 16, 16)) / 4
-    x = jax.random.normal(jax.random.key(1), (8, 16))
-
-    @jax.jit
-    def loss(w, x):
-        h, _ = jax.lax.scan(lambda h, wi: (jnp.tanh(h @ wi), None), x, w)
-        return jnp.sum(h**2)
-
-    grad = jax.grad(loss)
-    with_blas = blas_dots.with_openblas_dots(grad, w, x)
-    hlo = jax.jit(with_blas).lower(w, x).as_text()
-    assert "dot_general" not in hlo and blas_dots.TARGET in hlo
-    np.testing.assert_allclose(jax.jit(with_blas)(w, x), grad(w, x), rtol=1e-4, atol=1e-5)
-
-
-@needs_gxx
-def test_compare_times_openblas_dots_against_xla(capsys, data_dir):
-    compare.main(["--model", "vae", "--batch-size", str(BATCH), "--steps", "2", "--rounds", "2", f"--config.data_dir={data_dir}",
-                  "--variant", "xla", "--variant", "openblas", "--dots=openblas"])
-    xla, openblas = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["variants"]
-    assert openblas["args"] == ["--dots=openblas"] and openblas["step_ms_median"] > 0
-    for name, value in xla["metrics_after_3_steps"].items():  # the same function, other kernels
-        assert openblas["metrics_after_3_steps"][name] == pytest.approx(value, rel=1e-4), name
-
-
-def test_compare_refuses_an_unknown_dot_kernel():
-    with pytest.raises(GenjaxError, match="unknown '--dots=mkl'; use --dots=xla"):
-        compare.split_dots(["--config.seed=0", "--dots=mkl"])
