@@ -73,3 +73,13 @@ def test_pytorch_bin_checkpoints_load_like_safetensors(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "bin" / "pytorch_model.bin")  # holds the tied decoder weights too
     from_bin, from_safetensors = load_pretrained(tmp_path / "bin"), load_pretrained(tmp_path / "safetensors")
     jax.tree.map(np.testing.assert_array_equal, from_bin.params, from_safetensors.params)
+
+
+def test_a_bfloat16_checkpoint_loads_as_its_float32_values(tmp_path):
+    import torch
+
+    reference = ref.bert("BertForMaskedLM").to(torch.bfloat16)
+    pretrained = load_pretrained(ref.save(reference, tmp_path))
+    expected = reference.bert.encoder.layer[1].output.dense.weight.detach().float().numpy().T
+    np.testing.assert_array_equal(pretrained.params["block1"]["mlp"]["down"]["kernel"], expected)
+    assert pretrained.params["block1"]["mlp"]["down"]["kernel"].dtype == np.float32

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import safetensors
+import safetensors.flax
 import safetensors.numpy
 
 from genjax.errors import GenjaxError, first_line
@@ -30,9 +31,12 @@ def read_json(path: pathlib.Path) -> dict[str, Any]:
 
 
 def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """All tensors of one safetensors file as numpy arrays."""
+    """All tensors of one safetensors file as numpy arrays (bfloat16 ones as float32)."""
     try:
-        return safetensors.numpy.load_file(path)
+        try:
+            return safetensors.numpy.load_file(path)
+        except TypeError:  # a dtype numpy lacks (bfloat16): read through jax
+            return {name: np.asarray(tensor, np.float32) for name, tensor in safetensors.flax.load_file(path).items()}
     except (safetensors.SafetensorError, OSError, ValueError, TypeError) as error:
         raise GenjaxError(f"{path} is not a readable safetensors file ({first_line(error)}); download or export it again") from None
 

@@ -171,10 +171,11 @@ def params_from_tensors(
                 f"{source}: tensor '{tied}' differs from '{target}', but genjax ties them (tie_word_embeddings); "
                 "use a checkpoint with tied output weights"
             )
-        tensors.setdefault(target, tensors.get(tied))
+        if tied in tensors and target not in tensors:
+            tensors[target] = tensors[tied]
     flat = {}
     for entry in [*body, *head]:
-        missing = [name for name in entry.names if tensors.get(name) is None]
+        missing = [name for name in entry.names if name not in tensors]
         if missing and fresh_head is not None and entry in head:
             flat[entry.path] = fresh_head[entry.path]
             continue
