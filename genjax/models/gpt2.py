@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from genjax.models.transformer import DecoderLM
 
+
 class GPT2(DecoderLM):
     """GPT-2: tokens int [B, T] -> next-token logits float32 [B, T, vocab] (see `DecoderLM`)."""
 
