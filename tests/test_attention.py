@@ -194,3 +194,23 @@ def _all_equations(jaxpr):
         yield eqn
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             yield from _all_equations(sub)
+
+
+@pytest.mark.parametrize("model", ["BertClassifier", "BertMaskedLM", "GPT2"])
+def test_bert_and_gpt2_parameters_carry_logical_names_in_uniform_blocks(model):
+    """Every parameter is boxed with logical names (no mesh axes), and the blocks are alike, ready to be stacked on
+    a 'layers' axis and scanned."""
+    from genjax.models import bert, gpt2
+    from genjax.models.sizes import size
+
+    module = {"BertClassifier": bert.BertClassifier, "BertMaskedLM": bert.BertMaskedLM, "GPT2": gpt2.GPT2}[model]
+    boxed = jax.eval_shape(module(**size("gpt2-tiny" if model == "GPT2" else "bert-tiny")).init, jax.random.key(0), random_tokens((1, 8)))
+    boxed = boxed["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert all(isinstance(leaf, nn.Partitioned) for leaf in leaves)
+    names = {name for leaf in leaves for name in leaf.names if name is not None}
+    assert names <= {"vocab", "embed", "mlp", "heads", "kv"}
+    specs = nn.get_partition_spec(boxed)
+    assert tuple(specs["embed"]["embedding"]) == ("vocab", "embed")
+    assert tuple(specs["block1"]["mlp"]["up"]["kernel"]) == ("embed", "mlp")
+    assert jax.tree.map(jnp.shape, nn.unbox(boxed["block0"])) == jax.tree.map(jnp.shape, nn.unbox(boxed["block1"]))

@@ -1,4 +1,4 @@
-"""Self-attention as readable Flax modules: multi-head / grouped-query attention, rotary positions, pre-norm blocks.
+"""Self-attention as readable Flax modules: multi-head / grouped-query attention, rotary positions, pre- or post-norm blocks.
 
 Shapes: B batch, T query length, S key length, E width, N query heads, K key/value
 heads (K divides N; K < N is grouped-query attention), D head dim.
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from genjax.errors import GenjaxError
-from genjax.models.layer_norm import LayerNorm
+from genjax.models.layer_norm import EPSILON, LayerNorm
 
 KERNELS = ("xla", "blocked", "fused")
 BLOCK_SCORES = 2**20  # attention scores per block of the "blocked" kernel: 4 MiB in float32, cache-sized (benchmarks/RESULTS.md)
@@ -28,6 +28,18 @@ Cache = dict[str, jax.Array]
 
 def partitioned(init: nn.initializers.Initializer, *names: str | None) -> nn.initializers.Initializer:
     return nn.with_logical_partitioning(init, names)
+
+
+def dense(features: int, axes: tuple[str | None, str | None], dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Dense:
+    """A biased `nn.Dense` [..., in] -> [..., features] whose kernel [in, features] has the logical `axes`."""
+    return nn.Dense(
+        features,
+        kernel_init=partitioned(nn.initializers.lecun_normal(), *axes),
+        bias_init=partitioned(nn.initializers.zeros, axes[1]),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
 
 
 def dot_product_attention(
@@ -218,36 +230,26 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """E -> hidden (GELU) -> E."""
+    """E -> hidden (GELU: tanh approximation, or exact erf with `approximate_gelu` False) -> E."""
 
     hidden: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.Dense(
-            self.hidden,
-            kernel_init=partitioned(nn.initializers.lecun_normal(), "embed", "mlp"),
-            bias_init=partitioned(nn.initializers.zeros, "mlp"),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="up",
-        )(x)
-        return nn.Dense(
-            x.shape[-1],
-            kernel_init=partitioned(nn.initializers.lecun_normal(), "mlp", "embed"),
-            bias_init=partitioned(nn.initializers.zeros, "embed"),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="down",
-        )(nn.gelu(h))
+        """x [..., E] -> [..., E]."""
+        h = dense(self.hidden, ("embed", "mlp"), self.dtype, self.param_dtype, "up")(x)
+        h = nn.gelu(h, approximate=self.approximate_gelu)
+        return dense(x.shape[-1], ("mlp", "embed"), self.dtype, self.param_dtype, "down")(h)
 
 
-def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> LayerNorm:
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, epsilon: float = EPSILON) -> LayerNorm:
     return LayerNorm(
         dtype=dtype,
         param_dtype=param_dtype,
+        epsilon=epsilon,
         scale_init=partitioned(nn.initializers.ones, "embed"),
         bias_init=partitioned(nn.initializers.zeros, "embed"),
         name=name,
@@ -255,7 +257,11 @@ def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> LayerNorm:
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + Attention(LN(x)), then x + MLP(LN(x)), dropout on each branch."""
+    """A residual attention sublayer, then a residual MLP sublayer, dropout on each branch.
+
+    Pre-norm (GPT-2, the char LM): x + Attention(LN(x)), then x + MLP(LN(x)).
+    Post-norm (`post_norm`, BERT): LN(x + Attention(x)), then LN(x + MLP(x)).
+    """
 
     num_heads: int
     head_dim: int
@@ -266,6 +272,9 @@ class TransformerBlock(nn.Module):
     kernel: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    post_norm: bool = False
+    layer_norm_epsilon: float = EPSILON
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(
@@ -279,11 +288,15 @@ class TransformerBlock(nn.Module):
         deterministic: bool = True,
     ) -> tuple[jax.Array, Cache | None]:
         """x [B, T, E] -> ([B, T, E], updated cache); arguments as in `SelfAttention`."""
+        norm1, norm2 = (layer_norm(name, self.dtype, self.param_dtype, self.layer_norm_epsilon) for name in ("norm1", "norm2"))
+        before_branch = (lambda norm, x: x) if self.post_norm else (lambda norm, x: norm(x))
+        after_residual = (lambda norm, x: norm(x)) if self.post_norm else (lambda norm, x: x)
         attention = SelfAttention(
             self.num_heads, self.head_dim, self.num_kv_heads, self.use_rotary, self.kernel, self.dtype, self.param_dtype,
             name="attention",
         )
-        h, cache = attention(layer_norm("norm1", self.dtype, self.param_dtype)(x), positions, causal=causal, mask=mask, cache=cache)
-        x = x + nn.Dropout(self.dropout_rate)(h, deterministic)
-        h = MLP(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")(layer_norm("norm2", self.dtype, self.param_dtype)(x))
-        return x + nn.Dropout(self.dropout_rate)(h, deterministic), cache
+        h, cache = attention(before_branch(norm1, x), positions, causal=causal, mask=mask, cache=cache)
+        x = after_residual(norm1, x + nn.Dropout(self.dropout_rate)(h, deterministic))
+        mlp = MLP(self.mlp_dim, self.dtype, self.param_dtype, self.approximate_gelu, name="mlp")
+        h = mlp(before_branch(norm2, x))
+        return after_residual(norm2, x + nn.Dropout(self.dropout_rate)(h, deterministic)), cache

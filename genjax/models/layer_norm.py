@@ -1,9 +1,9 @@
 """Layer normalisation over the last axis with a hand-written backward pass: the norm of the transformer blocks.
 
-Same function, parameters ('scale', 'bias') and epsilon as `flax.linen.LayerNorm`, statistics in
-float32. The backward pass is the closed-form gradient instead of autodiff's, which launches fewer
-fusions on XLA:CPU; with rotary's (genjax/models/attention.py) the char LM's CPU step is 5-8 % faster
-(benchmarks/RESULTS.md).
+Same function and parameters ('scale', 'bias') as `flax.linen.LayerNorm`, statistics in float32; the
+epsilon is flax's 1e-6 unless given (BERT's is 1e-12, GPT-2's 1e-5). The backward pass is the
+closed-form gradient instead of autodiff's, which launches fewer fusions on XLA:CPU; with rotary's
+(genjax/models/attention.py) the char LM's CPU step is 5-8 % faster (benchmarks/RESULTS.md).
 
 Differentiation: reverse mode to any order (grad of grad, e.g. Hessian-vector products, is tested
 against flax's). Forward mode (`jax.jvp`, `jax.jacfwd`, forward-over-reverse) raises, as for every
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,21 +24,21 @@ import jax.numpy as jnp
 EPSILON = 1e-6  # flax.linen.LayerNorm's default
 
 
-@jax.custom_vjp
-def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
-    """float32 x [..., E], scale [E], bias [E] -> (x - mean) / sqrt(var + EPSILON) * scale + bias, [..., E]."""
-    return _forward(x, scale, bias)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float = EPSILON) -> jax.Array:
+    """float32 x [..., E], scale [E], bias [E] -> (x - mean) / sqrt(var + epsilon) * scale + bias, [..., E]."""
+    return _forward(x, scale, bias, epsilon)[0]
 
 
-def _forward(x: jax.Array, scale: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+def _forward(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     mean = x.mean(-1, keepdims=True)
     variance = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
-    inv_std = jax.lax.rsqrt(variance + EPSILON)
+    inv_std = jax.lax.rsqrt(variance + epsilon)
     normed = (x - mean) * inv_std
     return normed * scale + bias, (normed, inv_std, scale)
 
 
-def _backward(residuals: tuple[jax.Array, ...], grad: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _backward(epsilon: float, residuals: tuple[jax.Array, ...], grad: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     normed, inv_std, scale = residuals
     grad_normed = grad * scale
     grad_x = inv_std * (
@@ -54,6 +56,7 @@ class LayerNorm(nn.Module):
 
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    epsilon: float = EPSILON
     scale_init: nn.initializers.Initializer = nn.initializers.ones
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
@@ -63,4 +66,4 @@ class LayerNorm(nn.Module):
         scale = self.param("scale", self.scale_init, features, self.param_dtype)
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
         f32 = jnp.float32
-        return layer_norm(x.astype(f32), scale.astype(f32), bias.astype(f32)).astype(self.dtype)
+        return layer_norm(x.astype(f32), scale.astype(f32), bias.astype(f32), self.epsilon).astype(self.dtype)

@@ -1,4 +1,6 @@
-"""Transformers from the attention blocks: a decoder-only language model (with a KV cache) and an encoder classifier."""
+"""Transformers from the attention blocks: the shared embedding + block stack, a decoder-only language model
+(with a KV cache) and an encoder classifier. BERT (genjax/models/bert.py) and GPT-2 (genjax/models/gpt2.py)
+are this stack with their own settings."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import jax.numpy as jnp
 from genjax.errors import GenjaxError
 
 from genjax.models.attention import POSITIONS, Cache, Dtype, TransformerBlock, empty_cache, layer_norm, partitioned
+from genjax.models.layer_norm import EPSILON
 
 
 class Embed(nn.Embed):
@@ -25,8 +28,12 @@ class Embed(nn.Embed):
         return jnp.take(self.embedding, inputs, axis=0).astype(self.dtype)
 
 
-class _Stack(nn.Module):
-    """Token (+ learned position) embedding, `num_layers` blocks and a final norm; shared by both models."""
+class Stack(nn.Module):
+    """Token (+ learned position, + token type) embedding, `num_layers` uniform blocks and their norm.
+
+    Pre-norm blocks (default) end with a final norm; post-norm blocks (`post_norm`, BERT) start from a
+    norm of the embeddings instead. `num_token_types` > 0 adds token-type (segment) embeddings.
+    """
 
     vocab_size: int
     num_layers: int
@@ -40,6 +47,10 @@ class _Stack(nn.Module):
     attention_kernel: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    num_token_types: int = 0
+    post_norm: bool = False
+    layer_norm_epsilon: float = EPSILON
+    approximate_gelu: bool = True
 
     def setup(self) -> None:
         if self.positions not in POSITIONS:
@@ -54,30 +65,43 @@ class _Stack(nn.Module):
             param_dtype=self.param_dtype,
         )
         if self.positions == "learned":
-            self.position_embed = Embed(
-                self.max_len,
-                self.width,
-                embedding_init=partitioned(nn.initializers.normal(0.02), None, "embed"),
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-            )
+            self.position_embed = self._table(self.max_len)
+        if self.num_token_types:
+            self.token_type_embed = self._table(self.num_token_types)
         self.blocks = [
             TransformerBlock(
                 self.num_heads, self.width // self.num_heads, self.mlp_dim, self.num_kv_heads, self.positions == "rotary",
-                self.dropout_rate, self.attention_kernel, self.dtype, self.param_dtype, name=f"block{i}",
+                self.dropout_rate, self.attention_kernel, self.dtype, self.param_dtype, self.post_norm,
+                self.layer_norm_epsilon, self.approximate_gelu, name=f"block{i}",
             )
             for i in range(self.num_layers)
         ]
         self.dropout = nn.Dropout(self.dropout_rate)
-        self.final_norm = layer_norm("final_norm", self.dtype, self.param_dtype)
+        if self.post_norm:
+            self.embed_norm = layer_norm("embed_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon)
+        else:
+            self.final_norm = layer_norm("final_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon)
+
+    def _table(self, rows: int) -> Embed:
+        """An embedding table [rows, E] of positions or token types (rows not sharded)."""
+        return Embed(
+            rows,
+            self.width,
+            embedding_init=partitioned(nn.initializers.normal(0.02), None, "embed"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
     def add_positions(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """Adds the learned position embeddings (rotary ones act inside attention): [B, T, E] -> [B, T, E]."""
         return x + self.position_embed(positions) if self.positions == "learned" else x
 
-    def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-        """int [B, T] (tokens, positions) -> [B, T, E]."""
-        return self.add_positions(self.embed(tokens), positions)
+    def embed_tokens(self, tokens: jax.Array, positions: jax.Array, token_types: jax.Array | None = None) -> jax.Array:
+        """int [B, T] (tokens, positions, token types: None is type 0) -> [B, T, E]."""
+        x = self.add_positions(self.embed(tokens), positions)
+        if self.num_token_types:
+            x = x + self.token_type_embed(jnp.zeros_like(tokens) if token_types is None else token_types)
+        return x
 
     def run_blocks(
         self,
@@ -90,29 +114,31 @@ class _Stack(nn.Module):
         deterministic: bool,
     ) -> tuple[jax.Array, list[Cache] | None]:
         """Embedded x [B, T, E] -> normed hidden states [B, T, E] (and the updated per-layer caches)."""
-        x = self.dropout(x, deterministic)
+        x = self.dropout(self.embed_norm(x) if self.post_norm else x, deterministic)
         new_caches = []
         for i, block in enumerate(self.blocks):
             x, cache = block(x, positions, causal=causal, mask=mask, cache=None if caches is None else caches[i], deterministic=deterministic)
             new_caches.append(cache)
-        return self.final_norm(x), None if caches is None else new_caches
+        return x if self.post_norm else self.final_norm(x), None if caches is None else new_caches
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Output head tied to the token embedding: [B, T, E] -> float32 [B, T, vocab]."""
         return self.embed.attend(h).astype(jnp.float32)
 
 
-class DecoderLM(_Stack):
+class DecoderLM(Stack):
     """Decoder-only language model (GPT): tokens int [B, T] -> next-token logits float32 [B, T, vocab].
 
     `max_len` bounds positions only with learned positions; rotary ones extrapolate,
     so `decode` can run past the training context with a sliding-window cache.
     """
 
-    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, valid: jax.Array | None = None) -> jax.Array:
+        """`valid` bool [B, T]: False at padding, which no query attends to (None: no padding)."""
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        mask = None if valid is None else valid[:, None, :]
         h, _ = self.run_blocks(
-            self.embed_tokens(tokens, positions), positions, causal=True, mask=None, caches=None, deterministic=deterministic
+            self.embed_tokens(tokens, positions), positions, causal=True, mask=mask, caches=None, deterministic=deterministic
         )
         return self.logits(h)
 
@@ -161,7 +187,7 @@ class EncoderClassifier(nn.Module):
         if self.pooling not in ("mean", "cls"):
             raise GenjaxError(f"unknown pooling '{self.pooling}'; choose 'mean' or 'cls'")
         extra = int(self.pooling == "cls")
-        stack = _Stack(
+        stack = Stack(
             self.vocab_size, self.num_layers, self.num_heads, self.width, self.mlp_dim, self.max_len + extra,
             self.num_kv_heads, self.positions, self.dropout_rate, self.attention_kernel, self.dtype, self.param_dtype,
             name="encoder",

@@ -1,0 +1,107 @@
+"""Masked-LM pretraining (BERT's): the token corruption as a pure function of a key, and the `Task` that trains
+a `BertMaskedLM` to recover the corrupted tokens. Shapes: B rows, L tokens."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from genjax.models.bert import BertMaskedLM
+from genjax.optim import Optimizer
+from genjax.state import TrainState, create_train_state, eval_params, single_network_step
+
+MASK_RATE = 0.15
+# of the selected tokens: this share becomes [MASK], the same share again a random token, the rest stays
+MASK_SHARE, RANDOM_SHARE = 0.8, 0.1
+
+
+def mask_tokens(
+    rng: jax.Array, tokens: jax.Array, *, mask_id: int, vocab_size: int, special_ids: Sequence[int], rate: float = MASK_RATE
+) -> tuple[jax.Array, jax.Array]:
+    """BERT's corruption: (inputs int [B, L], selected bool [B, L]) from tokens int [B, L].
+
+    Each token that is not special (`special_ids`, which include padding) is selected with probability
+    `rate`; a selected token becomes `mask_id` with probability 0.8, a token drawn uniformly from the
+    vocabulary with probability 0.1 (as Hugging Face's collator, special ones included), and stays itself
+    otherwise. The model is trained to predict the original tokens where `selected`.
+    """
+    select_key, action_key, random_key = jax.random.split(rng, 3)
+    selected = ~jnp.isin(tokens, jnp.asarray(special_ids, tokens.dtype)) & jax.random.bernoulli(select_key, rate, tokens.shape)
+    action = jax.random.uniform(action_key, tokens.shape)
+    random_tokens = jax.random.randint(random_key, tokens.shape, 0, vocab_size, tokens.dtype)
+    corrupted = jnp.where(action < MASK_SHARE, mask_id, jnp.where(action < MASK_SHARE + RANDOM_SHARE, random_tokens, tokens))
+    return jnp.where(selected, corrupted, tokens), selected
+
+
+class MaskedLMTask:
+    """Trains a `BertMaskedLM` on {'tokens': int32 [B, L] (padding = the model's pad_id)}.
+
+    Metrics, per selected token: `loss` (cross-entropy in nats) and `accuracy` (of the arg-max prediction).
+    Attention ignores padding by the original tokens, so a random replacement that happens to be the
+    padding id does not hide its position.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        optimizer: Optimizer,
+        model: BertMaskedLM,
+        mask_id: int,
+        special_ids: Sequence[int],
+        rate: float = MASK_RATE,
+    ):
+        self.config = config
+        self.model = model
+        self.optimizer = optimizer
+        self.mask_id = mask_id
+        self.special_ids = tuple(special_ids)
+        self.rate = rate
+
+    def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+        """A fresh state whose parameters (and optimizer moments) keep their logical-axis boxes (the loop unboxes)."""
+        return create_train_state({"model": self.model.init(rng, batch["tokens"][:1])["params"]}, {"model": self.optimizer})
+
+    def param_logical_axes(self, batch: dict[str, jax.Array]):
+        """The params tree as PartitionSpecs of logical names ('vocab', 'embed', 'mlp', 'heads', 'kv')."""
+        return nn.get_partition_spec(jax.eval_shape(self.init_state, jax.random.key(0), batch).params["model"])
+
+    def masked_sums(self, params, tokens: jax.Array, rng: jax.Array, row_weights: jax.Array, dropout_rng: jax.Array | None):
+        """{loss, accuracy, count}: sums over the selected tokens of rows weighted by `row_weights` [B]; no dropout
+        when `dropout_rng` is None."""
+        inputs, selected = mask_tokens(
+            rng, tokens, mask_id=self.mask_id, vocab_size=self.model.vocab_size, special_ids=self.special_ids, rate=self.rate
+        )
+        logits = self.model.apply(
+            {"params": params}, inputs, valid=tokens != self.model.pad_id, deterministic=dropout_rng is None,
+            rngs={} if dropout_rng is None else {"dropout": dropout_rng},
+        )
+        weights = selected.astype(jnp.float32) * row_weights[:, None]
+        correct = (jnp.argmax(logits, -1) == tokens).astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+        return {"loss": jnp.sum(loss * weights), "accuracy": jnp.sum(correct * weights), "count": weights.sum()}
+
+    def loss(self, params, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+        mask_rng, dropout_rng = jax.random.split(rng)
+        sums = self.masked_sums(params, batch["tokens"], mask_rng, jnp.ones(batch["tokens"].shape[:1]), dropout_rng)
+        count = jnp.maximum(sums["count"], 1.0)
+        return sums["loss"] / count, {"accuracy": sums["accuracy"] / count}
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+        return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
+
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+        """Sums over the selected tokens of the real rows, `count` being their number (so the loop's means are per
+        token). Every evaluation masks with the same key, so its figures are comparable from one to the next."""
+        return self.masked_sums(eval_params(state), batch["tokens"], rng, batch["mask"].astype(jnp.float32), None)
+
+    def report(
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+    ) -> dict[str, float]:
+        return {}
