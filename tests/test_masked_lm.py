@@ -12,13 +12,13 @@ import pytest
 
 from genjax import loop
 from genjax.data import sources
-from genjax.data.loader import ShuffledArrayLoader, eval_batches
+from genjax.data.loader import ShuffledArrayLoader, eval_splits
 from genjax.data.text import pad_or_truncate
 from genjax.hf.tokenizer import BERT_SPECIAL, train_wordpiece
 from genjax.models.bert import BertMaskedLM
 from genjax.models.sizes import size
 from genjax.optim import make_optimizer, optimizer_config
-from genjax.task import Experiment, loop_config
+from genjax.task import TEST, VALIDATION, Experiment, loop_config
 from genjax.tasks.masked_lm import MaskedLMTask, mask_tokens
 
 VOCAB, MASK_ID, SPECIAL = 1000, 4, (0, 1, 2, 3, 4)
@@ -48,7 +48,7 @@ def test_masking_selects_15_percent_of_ordinary_tokens_and_splits_them_80_10_10(
 
 def test_a_short_pretraining_run_lowers_the_masked_token_loss(tmp_path, data_dir):
     source = sources.data_source("imdb_reviews", "unsupervised", data_dir, False, ("text",))
-    texts = [source[i]["text"].decode("utf-8") for i in range(640)]
+    texts = [source[i]["text"].decode("utf-8") for i in range(704)]
     tokenizer = train_wordpiece(texts[:512], vocab_size=2000)
     tokens = pad_or_truncate([tokenizer.encode(text) for text in texts], 64)
     steps = 60
@@ -60,9 +60,9 @@ def test_a_short_pretraining_run_lowers_the_masked_token_loss(tmp_path, data_dir
     model = BertMaskedLM(**{**size("bert-tiny"), "vocab_size": tokenizer.vocab_size, "dropout_rate": 0.0})
     special = [tokenizer.token_id(token) for token in BERT_SPECIAL]
     task = MaskedLMTask(config, make_optimizer(config.optimizer, steps), model, tokenizer.token_id("[MASK]"), special)
+    held_out = {VALIDATION: {"tokens": tokens[512:640]}, TEST: {"tokens": tokens[640:]}}
     experiment = Experiment(
-        "masked_lm_test", task, ShuffledArrayLoader({"tokens": tokens[:512]}, 32, seed=0),
-        lambda: eval_batches({"tokens": tokens[512:]}, 64), num_train_steps=steps,
+        "masked_lm_test", task, ShuffledArrayLoader({"tokens": tokens[:512]}, 32, seed=0), eval_splits(held_out, 64), num_train_steps=steps,
     )
     final = loop.train_and_evaluate(config, tmp_path, experiment)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -102,6 +102,6 @@ class MaskedLMTask:
         return self.masked_sums(eval_params(state), batch["tokens"], rng, batch["mask"].astype(jnp.float32), None)
 
     def report(
-        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, final: bool, rows: dict[str, np.ndarray]
+        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
     ) -> dict[str, float]:
         return {}
