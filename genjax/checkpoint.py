@@ -12,7 +12,6 @@ its path, moved to `<workdir>/damaged_checkpoints/` and the previous one is trie
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import pathlib
 import shutil
@@ -74,12 +73,6 @@ def state_fingerprint(state: Any) -> dict[str, list[int]]:
     return dict(zip(paths, values))
 
 
-def _unretrieved_task_errors(record: logging.LogRecord) -> bool:
-    """A logging filter: False (drop) for asyncio's "<Task, Future or _GatheringFuture> exception was never
-    retrieved" records (asyncio names the future's class first)."""
-    return "exception was never retrieved" not in record.getMessage().split("\n", 1)[0]
-
-
 class Checkpointer:
     """Saves every `every_steps` (and on demand), keeps the last `keep`, restores the newest intact one."""
 
@@ -138,9 +131,8 @@ class Checkpointer:
             raise
         except Exception as error:  # tensorstore/orbax raise many types for I/O failures
             path = self.path(self._saving) if self._saving is not None else self.directory
-            # orbax's other write tasks failed the same way; asyncio would log each one's traceback when it is
-            # garbage-collected, possibly after the one-line error below. That error reports them all.
-            logging.getLogger("asyncio").addFilter(_unretrieved_task_errors)
+            # orbax's other write tasks failed the same way and asyncio logs each one's traceback: the entry point
+            # sends those to <workdir>/library.log (genjax/cli.py); the one-line error below reports them all.
             raise GenjaxError(
                 f"writing checkpoint {path} failed ({first_line(error)}); free disk space or fix the permissions "
                 f"of {self.directory}, then rerun the same command: it resumes from the last complete checkpoint"

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import ml_collections
 
 from genjax import config as config_lib
-from genjax import distributed, workdir
+from genjax import cpu_tuning, distributed, workdir
 from genjax.errors import GenjaxError
 from genjax.task import check_loop_config
 
@@ -22,7 +22,8 @@ def parse(argv: Sequence[str], get_config: Callable[[], ml_collections.ConfigDic
     """Returns (flags, config) with every `--config.KEY=VALUE` applied; unknown flags, an empty workdir and loop
     fields out of range are errors.
 
-    Also joins the multi-process job the distributed flags describe (see genjax/distributed.py).
+    Also joins the multi-process job the distributed flags describe (see genjax/distributed.py) and applies the
+    CPU tunings when `config.cpu_tuning` (genjax/cpu_tuning.py): for the program's entry point only.
     """
     config = get_config()
     rest = config_lib.parse_overrides(config, argv)
@@ -35,6 +36,7 @@ def parse(argv: Sequence[str], get_config: Callable[[], ml_collections.ConfigDic
     workdir.check_path(flags.workdir)
     check_loop_config(config)  # before the experiment builds its data: a batch size of 0 must not get that far
     distributed.initialize(distributed.settings_from(flags))
+    cpu_tuning.apply(config.cpu_tuning)
     return flags, config
 
 

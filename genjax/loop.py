@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from genjax import config as config_lib
-from genjax import fused_threefry, host_memory, metrics_log
+from genjax import metrics_log
 from genjax import sharding as sharding_lib
 from genjax import workdir as workdir_lib
 from genjax.checkpoint import BEST_CHECKPOINTS, BestCheckpoint, Checkpointer, abstract_with_shardings
@@ -175,12 +175,8 @@ def compile_steps(task: Task, mesh: Mesh, state_shardings: Any, skip_nonfinite: 
     """The jitted (train_step, eval_step) every run and benchmark uses: state donated, shardings explicit.
 
     With `skip_nonfinite` a step with a non-finite metric leaves the state unchanged (see `skipping_nonfinite`).
-    On CPU, random draws are hashed by straight-line Threefry code that XLA fuses (genjax/fused_threefry.py),
-    and freed host memory stays in the process for the next step's buffers (genjax/host_memory.py).
+    Changes nothing in the process (the CPU tunings are the entry point's switch: genjax/cpu_tuning.py).
     """
-    fused_threefry.install()
-    if mesh.devices.flat[0].platform == "cpu":
-        host_memory.keep_freed_memory()
     data_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
     train_step = jax.jit(
         skipping_nonfinite(task.train_step) if skip_nonfinite else task.train_step,

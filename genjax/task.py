@@ -105,6 +105,7 @@ def loop_config(**overrides: Any) -> ml_collections.ConfigDict:
             fsdp_devices=0,  # devices per FSDP group (parallelism=fsdp); 0: all devices
             data_dir="",  # "": $TFDS_DATA_DIR, else TFDS's default
             download=True,  # prepare a dataset missing from data_dir (needs internet and TensorFlow once)
+            cpu_tuning=True,  # entry points apply genjax/cpu_tuning.py at start on CPU (process-wide; the library never does)
         )
     )
     config.update(overrides)

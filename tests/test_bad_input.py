@@ -313,9 +313,39 @@ def test_inference_on_a_workdir_of_another_experiment(workdir_copy):
         charlm_shakespeare.sample(workdir_copy, "ROMEO:", 5, 0.0, 0, 1, 0)
 
 
-def test_library_tracebacks_go_to_the_workdir_log(workdir_copy, compile_cache):
-    """Every checkpoint damaged: orbax's hundreds of lines of dropped-read reports land in `<workdir>/library.log`;
-    stderr holds one warning per checkpoint and the error line, which names that log."""
+ROUTING_SCRIPT = """
+import logging, sys
+from genjax import cli
+from genjax.errors import GenjaxError
+
+class Leaky:
+    def __del__(self):
+        raise RuntimeError("raised while collected")
+
+def main(argv):
+    logging.getLogger("orbax").error("Traceback (most recent call last): a library's own report")
+    Leaky()  # collected at once: Python reports what it cannot raise
+    raise GenjaxError("the one line")
+
+cli.run_main(main, sys.argv[1:])
+"""
+
+
+def test_library_messages_go_to_the_workdir_log(tmp_path):
+    """The entry point sends the libraries' log records and the exceptions Python cannot raise (orbax's dropped
+    reads of a damaged checkpoint: hundreds of lines) to `<workdir>/library.log`; stderr holds the error line,
+    which names that log."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    done = faults.run([sys.executable, "-c", ROUTING_SCRIPT, "--workdir", str(workdir)], faults.environment())
+    assert done.stderr.strip() == f"error: the one line (library messages: {workdir / 'library.log'})", done.stderr
+    log = (workdir / "library.log").read_text()
+    assert "a library's own report" in log and "RuntimeError: raised while collected" in log
+
+
+def test_every_checkpoint_damaged_through_the_command(workdir_copy, compile_cache):
+    """One warning per checkpoint and the error line on stderr, nothing else (orbax's reports, when it makes
+    any, are in library.log)."""
     for step in (10, 20):
         for data in (workdir_copy / "checkpoints" / str(step) / "state").rglob("*"):
             if data.is_file() and data.stat().st_size > 100_000:  # the compressed arrays
@@ -323,7 +353,5 @@ def test_library_tracebacks_go_to_the_workdir_log(workdir_copy, compile_cache):
                 damaged[len(damaged) // 2 : len(damaged) // 2 + 1000] = bytes(1000)
                 data.write_bytes(bytes(damaged))
     done = run_vae(workdir_copy, compile_cache)
-    line = error_line(done)
-    assert "every checkpoint in" in line and f"(library messages: {workdir_copy / 'library.log'})" in line
+    assert "every checkpoint in" in error_line(done)
     assert len(done.stderr.strip().splitlines()) == 3, done.stderr[-3000:]  # two warnings, one error
-    assert "Traceback" in (workdir_copy / "library.log").read_text()

@@ -1,4 +1,5 @@
-"""Host memory on CPU: once the train steps are compiled, a freed block above 32 MiB is reused without page faults."""
+"""Host memory on CPU: with the entry points' CPU tuning on, a freed block above 32 MiB is reused without page
+faults; the library's own `compile_steps` leaves malloc as it was."""
 
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ from conftest import REPO
 
 # Mallocs, fills and frees a 48 MiB block (an XLA:CPU step's temporaries are one such block per call)
 # six times on this thread, and prints the minor page faults of the last five cycles. The first cycle
-# faults the pages in whatever the setting. argv[1] says what comes first: nothing ("default"), or
-# genjax's `compile_steps` on a one-device CPU mesh ("genjax").
+# faults the pages in whatever the setting. argv[1] says what comes first: nothing ("default"), genjax's
+# `compile_steps` on a one-device CPU mesh ("library"), or the entry points' switch ("tuned").
 SCRIPT = """
 import ctypes, json, resource, sys
 from types import SimpleNamespace
 
-if sys.argv[1] == "genjax":
+if sys.argv[1] == "library":
     from genjax import loop, sharding
     no_step = lambda *args: None
     loop.compile_steps(SimpleNamespace(train_step=no_step, eval_step=no_step), sharding.make_mesh(1), None)
+if sys.argv[1] == "tuned":
+    from genjax import cpu_tuning
+    assert cpu_tuning.apply(True)
 
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
@@ -48,7 +52,8 @@ def page_faults(mode: str) -> dict:
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc malloc's")
-def test_compiled_steps_reuse_freed_pages_instead_of_faulting_them_in_again():
-    default, genjax = page_faults("default"), page_faults("genjax")
+def test_cpu_tuning_reuses_freed_pages_and_the_library_alone_changes_nothing():
+    default, library, tuned = page_faults("default"), page_faults("library"), page_faults("tuned")
     assert min(default["faults"]) > default["pages"] / 2, f"glibc no longer maps big blocks afresh: {default}"
-    assert max(genjax["faults"]) < genjax["pages"] / 100, f"compile_steps left big blocks page-faulting: {genjax}"
+    assert min(library["faults"]) > library["pages"] / 2, f"compile_steps changed malloc: {library}"
+    assert max(tuned["faults"]) < tuned["pages"] / 100, f"cpu_tuning left big blocks page-faulting: {tuned}"
