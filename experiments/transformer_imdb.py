@@ -21,7 +21,6 @@ import functools
 import pathlib
 from typing import Any, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 from matplotlib.figure import Figure

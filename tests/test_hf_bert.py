@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import safetensors.numpy
 
 import hf_reference as ref
 from genjax.hf.directory import export_pretrained, load_pretrained
