@@ -18,7 +18,6 @@ Loss is in nats per character (`loss`), also reported as `bits_per_char`; sample
 
 from __future__ import annotations
 
-import argparse
 import functools
 import pathlib
 from typing import Sequence
@@ -33,6 +32,7 @@ from genjax import config as config_lib
 from genjax.data import sources
 from genjax.data.text import CharTokenizer, TokenWindowLoader, eval_windows, load_tokenizer, save_tokenizer
 from genjax.errors import GenjaxError
+from genjax.subcommands import sample_main
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.state import eval_params
 from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
@@ -140,26 +140,9 @@ def sample(
     return task.sample(eval_params(state), prompt, jax.random.key(seed), length, temperature, top_k, num_samples)
 
 
-def sample_main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.charlm_shakespeare sample", description="Generate text from a trained run.")
-    parser.add_argument("--workdir", required=True, help="the workdir of a training run")
-    parser.add_argument("--prompt", default="\n", help="text to continue (unknown characters become <unk>)")
-    parser.add_argument("--length", type=int, default=500, help="characters to generate")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    parser.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest characters (0: all)")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--best", action="store_true", help="use the checkpoint kept by --config.best_metric, not the newest")
-    flags = parser.parse_args(argv)
-    if flags.temperature < 0 or flags.top_k < 0 or flags.num_samples < 1:
-        raise GenjaxError("--temperature and --top-k must be >= 0 and --num-samples >= 1")
-    texts = sample(flags.workdir, flags.prompt, flags.length, flags.temperature, flags.top_k, flags.num_samples, flags.seed, flags.best)
-    print("\n\n----\n\n".join(flags.prompt + text for text in texts))
-
-
 def main(argv: Sequence[str]) -> None:
     if argv and argv[0] == "sample":
-        return sample_main(argv[1:])
+        return sample_main(argv[1:], "python -m experiments.charlm_shakespeare sample", sample)
     flags, config = cli.parse(argv, lambda: get_config(_recipe(argv)), __doc__)
     train_and_evaluate(config, flags.workdir)
 

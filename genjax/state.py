@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from genjax.errors import GenjaxError
 from genjax.optim import Optimizer, accumulate_gradients
 
 PyTree = Any
@@ -49,6 +52,26 @@ def create_train_state(
         ema_params={name: params[name] for name, opt in optimizers.items() if opt.ema_decay > 0},
         model_state=model_state or {},
     )
+
+
+def with_values(boxed: PyTree, values: PyTree | None, path: str = "") -> PyTree:
+    """`boxed` (parameters from `model.init`, in their logical-axis boxes) holding `values` instead: a tree of the
+    same nesting, unboxed (e.g. pretrained weights). A subtree `values` lacks (None, or a missing key: a fresh
+    head on a pretrained encoder) keeps its initial values. The boxes keep their sharding names.
+    A leaf of another shape, or a key `boxed` lacks, is a GenjaxError naming its path.
+    """
+    if values is None:
+        return boxed
+    if isinstance(boxed, nn.Partitioned) or not isinstance(boxed, dict):
+        target = boxed.value if isinstance(boxed, nn.Partitioned) else boxed
+        if tuple(np.shape(values)) != tuple(target.shape):
+            raise GenjaxError(f"parameter {path} has shape {tuple(np.shape(values))} but the model's is {tuple(target.shape)}; start from a model of this size")
+        value = jnp.asarray(values, target.dtype)
+        return boxed.replace_boxed(value) if isinstance(boxed, nn.Partitioned) else value
+    unknown = sorted(set(values) - set(boxed))
+    if unknown:
+        raise GenjaxError(f"parameter {path}/{unknown[0]} is not in the model (it has {sorted(boxed)}); start from a model of this architecture")
+    return {key: with_values(value, values.get(key), f"{path}/{key}") for key, value in boxed.items()}
 
 
 def apply_gradients(

@@ -4,7 +4,7 @@ tokenizer.json, or trained on given texts, with genjax's tokenizer interface (ge
 from __future__ import annotations
 
 import pathlib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import tokenizers
@@ -34,8 +34,18 @@ class HFTokenizer:
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self.tokenizer.encode(text).ids, np.int32)
 
+    def encode_batch(self, texts: Sequence[str], special: bool = True) -> list[np.ndarray]:
+        """`encode` of every text, in parallel (the Rust library's threads): int32 ids [L_i] per text; without the
+        special tokens ([CLS], [SEP]) when `special` is False."""
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=special)
+        return [np.asarray(encoding.ids, np.int32) for encoding in encodings]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids])
+
+    def id_to_token(self, token_id: int) -> str:
+        """The text of one token (e.g. "##ing", "[CLS]")."""
+        return self.tokenizer.id_to_token(int(token_id))
 
     def token_id(self, token: str) -> int:
         """The id of `token` (e.g. "[MASK]"); a `GenjaxError` if the vocabulary lacks it."""
@@ -46,7 +56,11 @@ class HFTokenizer:
 
     def save(self, directory: pathlib.Path) -> None:
         """Writes `directory`/tokenizer.json."""
-        self.tokenizer.save(str(directory / FILE))
+        self.save_file(directory / FILE)
+
+    def save_file(self, path: pathlib.Path) -> None:
+        """Writes the tokenizer to the file `path` (JSON)."""
+        self.tokenizer.save(str(path))
 
 
 def load_tokenizer(directory: pathlib.Path) -> HFTokenizer | None:
@@ -95,3 +109,22 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[GPT2_END], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
     return HFTokenizer(tokenizer)
+
+
+def bert_inputs(ids: Sequence[np.ndarray], length: int, pad_id: int) -> np.ndarray:
+    """[CLS] ... [SEP] id rows -> int32 [N, length]: a longer row keeps its first `length - 1` ids and its final
+    [SEP]; a shorter one is padded with `pad_id`."""
+    out = np.full((len(ids), length), pad_id, np.int32)
+    for row, sequence in enumerate(ids):
+        if len(sequence) > length:
+            sequence = np.concatenate([sequence[: length - 1], sequence[-1:]])
+        out[row, : len(sequence)] = sequence
+    return out
+
+
+def bert_chunks(ids: Sequence[np.ndarray], length: int, cls_id: int, sep_id: int, pad_id: int) -> np.ndarray:
+    """Texts' ids (no special tokens) cut into pieces of `length - 2`, each as [CLS] piece [SEP] padded with `pad_id`:
+    int32 [number of pieces, length]. Every token of every text is in exactly one row (masked-LM pretraining)."""
+    piece = length - 2
+    rows = [sequence[start : start + piece] for sequence in ids for start in range(0, len(sequence), piece)]
+    return bert_inputs([np.concatenate([[cls_id], row, [sep_id]]).astype(np.int32) for row in rows], length, pad_id)

@@ -7,9 +7,12 @@ from genjax.errors import GenjaxError
 
 SIZES: dict[str, dict[str, int]] = {
     "bert-tiny": dict(vocab_size=1024, num_layers=2, num_heads=4, width=64, mlp_dim=256, max_len=128),  # tests, smoke runs
+    "bert-mini": dict(vocab_size=30522, num_layers=4, num_heads=4, width=256, mlp_dim=1024, max_len=512),  # 11M; Turc et al. 2019
+    "bert-small": dict(vocab_size=30522, num_layers=4, num_heads=8, width=512, mlp_dim=2048, max_len=512),  # 29M; Turc et al. 2019
     "bert-base": dict(vocab_size=30522, num_layers=12, num_heads=12, width=768, mlp_dim=3072, max_len=512),  # 110M
     "bert-large": dict(vocab_size=30522, num_layers=24, num_heads=16, width=1024, mlp_dim=4096, max_len=512),  # 335M
     "gpt2-tiny": dict(vocab_size=1024, num_layers=2, num_heads=4, width=64, mlp_dim=256, max_len=128),  # tests, smoke runs
+    "gpt2-mini": dict(vocab_size=50257, num_layers=4, num_heads=4, width=256, mlp_dim=1024, max_len=1024),  # CPU runs
     "gpt2": dict(vocab_size=50257, num_layers=12, num_heads=12, width=768, mlp_dim=3072, max_len=1024),  # 124M
     "gpt2-medium": dict(vocab_size=50257, num_layers=24, num_heads=16, width=1024, mlp_dim=4096, max_len=1024),  # 355M
     "gpt2-large": dict(vocab_size=50257, num_layers=36, num_heads=20, width=1280, mlp_dim=5120, max_len=1024),  # 774M

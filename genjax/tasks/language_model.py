@@ -17,7 +17,7 @@ from genjax.data.text import Tokenizer
 from genjax.models.transformer import DecoderLM
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
+from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step, with_values
 from genjax.task import VALIDATION
 
 
@@ -42,18 +42,34 @@ def model_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> Dec
 
 
 class LanguageModelTask:
-    """Trains a `DecoderLM` on windows {'tokens': int32 [B, context + 1]}; metrics `loss` (nats/token), `bits_per_char`."""
+    """Trains a `DecoderLM` on windows {'tokens': int32 [B, context + 1]}; metrics `loss` (nats/token) and the same
+    in bits (`bits_name`: "bits_per_char" for a character tokenizer, "bits_per_token" for subwords).
 
-    def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, tokenizer: Tokenizer):
+    `model`: the `DecoderLM` (a `GPT2`, ...); None builds the one `config.model` describes. `initial_params`: its
+    starting parameters (unboxed, e.g. pretrained), or None for a fresh initialisation.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        optimizer: Optimizer,
+        tokenizer: Tokenizer,
+        model: DecoderLM | None = None,
+        initial_params=None,
+        bits_name: str = "bits_per_char",
+    ):
         self.config = config
-        self.model = model_from_config(config, tokenizer.vocab_size)
+        self.model = model_from_config(config, tokenizer.vocab_size) if model is None else model
         self.optimizer = optimizer
         self.tokenizer = tokenizer
+        self.initial_params = initial_params
+        self.bits_name = bits_name
 
     def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
         """A fresh state whose parameters (and optimizer moments) keep their logical-axis boxes (the loop unboxes)."""
         inputs, _ = split_window(batch["tokens"][:1])
-        return create_train_state({"model": self.model.init(rng, inputs)["params"]}, {"model": self.optimizer})
+        params = with_values(self.model.init(rng, inputs)["params"], self.initial_params)
+        return create_train_state({"model": params}, {"model": self.optimizer})
 
     def param_logical_axes(self, batch: dict[str, jax.Array]):
         """The params tree as PartitionSpecs of logical names ('vocab', 'embed', 'mlp', 'heads', 'kv')."""
@@ -63,7 +79,7 @@ class LanguageModelTask:
         inputs, targets = split_window(batch["tokens"])
         logits = self.model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
         loss = token_cross_entropy(logits, targets).mean()
-        return loss, {"bits_per_char": loss / math.log(2)}
+        return loss, {self.bits_name: loss / math.log(2)}
 
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
         return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
@@ -74,7 +90,7 @@ class LanguageModelTask:
         per_window = token_cross_entropy(self.model.apply({"params": eval_params(state)}, inputs), targets).mean(-1)
         mask = batch["mask"].astype(jnp.float32)
         loss = jnp.sum(per_window * mask)
-        return {"loss": loss, "bits_per_char": loss / math.log(2), "count": mask.sum()}
+        return {"loss": loss, self.bits_name: loss / math.log(2), "count": mask.sum()}
 
     def sample(self, params, prompt: str, rng: jax.Array, length: int, temperature: float, top_k: int, num_samples: int = 1) -> list[str]:
         """`num_samples` continuations of `prompt`, each `length` tokens, decoded to text."""

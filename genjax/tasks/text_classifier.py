@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from genjax.models.transformer import EncoderClassifier
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
-from genjax.state import TrainState, create_train_state, eval_params, single_network_step
+from genjax.state import TrainState, create_train_state, eval_params, single_network_step, with_values
 from genjax.task import TEST
 from genjax.tasks.classifier import classification_sums
 
@@ -99,16 +99,23 @@ def positive_class_probability(logits: jax.Array) -> jax.Array:
 
 
 class TextClassifierTask:
-    """Trains an `EncoderClassifier` on {'tokens': int32 [B, L] (0 = padding), 'label': int32 [B]}."""
+    """Trains a text classifier on {'tokens': int32 [B, L] (padding = the model's padding id), 'label': int32 [B]}.
 
-    def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, vocab_size: int):
+    `model`: any module with `apply({"params": p}, tokens [B, L], deterministic=...) -> logits [B, 2]` (an
+    `EncoderClassifier`, a `BertClassifier`). `initial_params`: its starting parameters (unboxed; e.g. a pretrained
+    encoder with a fresh head), or None for a fresh initialisation.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, model: nn.Module, initial_params=None):
         self.config = config
-        self.model = model_from_config(config, vocab_size)
+        self.model = model
         self.optimizer = optimizer
+        self.initial_params = initial_params
 
     def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
         """A fresh state whose parameters (and optimizer moments) keep their logical-axis boxes (the loop unboxes)."""
-        return create_train_state({"model": self.model.init(rng, batch["tokens"][:1])["params"]}, {"model": self.optimizer})
+        params = with_values(self.model.init(rng, batch["tokens"][:1])["params"], self.initial_params)
+        return create_train_state({"model": params}, {"model": self.optimizer})
 
     def param_logical_axes(self, batch: dict[str, jax.Array]):
         """The params tree as PartitionSpecs of logical names ('vocab', 'embed', 'mlp', 'heads', 'kv')."""
