@@ -168,7 +168,7 @@ class StepSetup:
 
 def set_up(family: Family, config: ml_collections.ConfigDict, bound: bool = False) -> StepSetup:
     """Builds the experiment of `config`, its mesh, a fresh state and its train step, as the experiments do."""
-    mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
+    mesh = sharding_lib.make_mesh(config.num_devices, config.mesh)
     sharding_lib.check_batch_size(config.batch_size, mesh)
     if bound and mesh.devices.size > 1:
         raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {mesh.devices.size}")
