@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
         dict(
             family="gpt2",  # gpt2 | bert
             size="tiny",  # gpt2: tiny | 124m | 355m | 774m | 1.5b; bert: tiny | base | large
+            num_layers=0,  # 0: the size's
             num_heads=0,  # 0: the size's; else a head count dividing the width (e.g. for a tensor axis of 8)
             remat="none",  # none | full | dots (see genjax/models/transformer.py REMAT_POLICIES)
             scan_layers=False,  # True: the blocks run as one nn.scan, parameters stacked on a 'layers' axis
@@ -72,6 +73,7 @@ def model_fields(config: ml_collections.ConfigDict) -> dict:
     m = config.model
     return {
         **fields,
+        "num_layers": m.num_layers or fields["num_layers"],
         "num_heads": m.num_heads or fields["num_heads"],
         "dropout_rate": m.dropout,
         "attention_kernel": m.attention_kernel,
