@@ -2,6 +2,10 @@
 
 Command:  python -m benchmarks.step_throughput --model vae --batch-size 128 --steps 200
           [--dtype bf16] [--data real] [--matmul-bound] [--config.KEY=VALUE ...]
+          python -m benchmarks.step_throughput --model gpt2 --size 124m --seq-len 1024 --batch-size 16 --dtype bf16
+          python -m benchmarks.step_throughput --model bert --size base --seq-len 512 --batch-size 32 --dtype bf16
+          [--config.model.remat=full|dots] [--config.model.scan_layers=True] [--config.mesh.tensor=2]
+          [--fit 80]: instead of timing, the largest batch whose compiled step needs at most 80 GiB per device
 Prints a table, then one JSON line (the last line of stdout) with every figure, the `--config.*`
 arguments and the git commit of the code timed, so that a figure names what produced it.
 
@@ -15,7 +19,10 @@ The first call (trace, compile, one step) and a few warm-up steps are not timed;
 steps run in windows, each closed by `block_until_ready`, and the median and 90th percentile
 are over the windows' per-step times. MFU is model FLOPs per second over the peak of all devices
 (benchmarks/peaks.py: published, or on CPU the fastest of three large matmuls timed after every window,
-in the same process and under the same load), the median over windows. FLOP conventions: genjax/flops.py.
+in the same process and under the same load), the median over windows. FLOP conventions: genjax/flops.py
+(`FLOPS_FORMULA`). Memory: what the compiled step says it needs per device (`memory_analysis()`: arguments,
+outputs, temporaries, less the donated buffers it reuses) next to the device's own peak where it reports one
+(`memory_stats()`; none on CPU); a step predicted above the device's limit stops before it runs.
 `--matmul-bound` adds the step's matmul-only bound and the MFU ceiling it implies (benchmarks/matmul_bound.py).
 """
 
@@ -42,6 +49,7 @@ import optax
 
 from benchmarks import matmul_bound, peaks
 from genjax import cli, cpu_tuning, flops, loop
+from genjax.checkpoint import abstract_with_shardings
 from genjax import config as config_lib
 from genjax import sharding as sharding_lib
 from genjax.data.loader import device_prefetch, to_global
@@ -50,6 +58,12 @@ from genjax.state import TrainState
 from genjax.task import Experiment
 
 DTYPES = {"f32": "float32", "bf16": "bfloat16"}
+FLOPS_FORMULA = (
+    "3 x the forward pass's matmul FLOPs, counted from its jaxpr (genjax/flops.py): for a transformer "
+    "6N + 12 L T E per token (N: matmul weights, the tied output layer included; L layers, T context, E width: "
+    "attention scores and weighted values, the causal half counted), as nanoGPT and MaxText count"
+)
+GIB = 2**30
 WARMUP_STEPS = 3
 NUM_WINDOWS = 10
 
@@ -109,7 +123,11 @@ FAMILIES: dict[str, Family] = {
     "charlm": Family("experiments.charlm_shakespeare", tokens_per_example=lambda config: config.context),
     "charlm_gpu": Family("experiments.charlm_shakespeare", recipe="gpu", tokens_per_example=lambda config: config.context),
     "imdb": Family("experiments.transformer_imdb", tokens_per_example=lambda config: config.max_len),  # padded length
+    # Published sizes on synthetic tokens (--size, --seq-len): benchmarks/sized_transformers.py.
+    "gpt2": Family("benchmarks.sized_transformers", overrides={"model.family": "gpt2"}, tokens_per_example=lambda config: config.seq_len),
+    "bert": Family("benchmarks.sized_transformers", overrides={"model.family": "bert"}, tokens_per_example=lambda config: config.seq_len),
 }
+SIZED_MODULE = "benchmarks.sized_transformers"
 
 
 def make_config(family: Family, batch_size: int, dtype: str, config_args: Sequence[str]) -> ml_collections.ConfigDict:
@@ -165,21 +183,110 @@ class StepSetup:
     state: TrainState
     train_step: Callable
     train_rng: jax.Array
+    compiled: Any  # train_step compiled for this state layout and batch
+    compile_s: float  # lowering and compiling it, from abstract shapes
+    memory: dict[str, Any]  # `memory_figures` of the compiled step
 
 
-def set_up(family: Family, config: ml_collections.ConfigDict, bound: bool = False) -> StepSetup:
-    """Builds the experiment of `config`, its mesh, a fresh state and its train step, as the experiments do."""
-    mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
+def memory_figures(compiled: Any, device: Any) -> dict[str, Any]:
+    """Per-device bytes the compiled step needs (`memory_analysis()`), and the device's limit where it reports one.
+
+    predicted = arguments + outputs + temporaries - aliased (donated inputs whose buffers the outputs reuse).
+    """
+    analysis = compiled.memory_analysis()
+    figures = {
+        "memory_argument_bytes": int(analysis.argument_size_in_bytes),
+        "memory_output_bytes": int(analysis.output_size_in_bytes),
+        "memory_temp_bytes": int(analysis.temp_size_in_bytes),
+        "memory_alias_bytes": int(analysis.alias_size_in_bytes),
+    }
+    figures["memory_predicted_bytes"] = (
+        figures["memory_argument_bytes"] + figures["memory_output_bytes"] + figures["memory_temp_bytes"] - figures["memory_alias_bytes"]
+    )
+    stats = device.memory_stats()
+    figures["device_bytes_limit"] = stats.get("bytes_limit") if stats else None
+    return figures
+
+
+def check_fits(memory: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+    """GenjaxError when the compiled step needs more memory than the device has (where it says how much)."""
+    limit, predicted = memory["device_bytes_limit"], memory["memory_predicted_bytes"]
+    if limit and predicted > limit:
+        raise GenjaxError(
+            f"batch_size={config.batch_size} needs {predicted / GIB:.1f} GiB per device but the device has {limit / GIB:.1f} GiB; "
+            "lower --batch-size (--fit finds the largest), or use --config.model.remat=full or more fsdp/tensor devices"
+        )
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    """The compiled train step of `config`'s experiment on its mesh, from abstract shapes (no state allocated)."""
+
+    mesh: Any
+    experiment: Experiment
+    batch: dict
+    abstract_state: Any
+    state_shardings: Any
+    train_step: Callable
+    init_rng: jax.Array
+    train_rng: jax.Array
+    compiled: Any
+    compile_s: float
+    memory: dict[str, Any]
+
+
+def compile_step(family: Family, config: ml_collections.ConfigDict) -> CompiledStep:
+    """Builds `config`'s experiment and mesh, and compiles its train step as the experiments jit it."""
+    mesh = sharding_lib.make_mesh(config.num_devices, config.mesh)
     sharding_lib.check_batch_size(config.batch_size, mesh)
-    if bound and mesh.devices.size > 1:
-        raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {mesh.devices.size}")
     experiment: Experiment = importlib.import_module(family.module).build(config, **family.build_kwargs)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     batch = to_global(experiment.train_data.batch_at(0), sharding_lib.batch_sharding(mesh))
     abstract_state, state_shardings = loop.state_layout(experiment.task, mesh, init_rng, batch)
-    state = loop.init_state(experiment.task, state_shardings, init_rng, batch)
     train_step, _ = loop.compile_steps(experiment.task, mesh, state_shardings, config.skip_nonfinite)
-    return StepSetup(config, mesh, experiment, batch, abstract_state, state, train_step, train_rng)
+    start = time.perf_counter()
+    compiled = train_step.lower(abstract_with_shardings(abstract_state, state_shardings), batch, train_rng).compile()
+    compile_s = time.perf_counter() - start
+    memory = memory_figures(compiled, mesh.devices.flat[0])
+    return CompiledStep(mesh, experiment, batch, abstract_state, state_shardings, train_step, init_rng, train_rng, compiled, compile_s, memory)
+
+
+def set_up(family: Family, config: ml_collections.ConfigDict, bound: bool = False) -> StepSetup:
+    """Builds the experiment of `config`, its mesh, its compiled train step (checked to fit the device's memory)
+    and a fresh state, as the experiments do."""
+    devices = config.num_devices or len(jax.devices())
+    if bound and devices > 1:
+        raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {devices}")
+    step = compile_step(family, config)
+    check_fits(step.memory, config)
+    state = loop.init_state(step.experiment.task, step.state_shardings, step.init_rng, step.batch)
+    return StepSetup(config, step.mesh, step.experiment, step.batch, step.abstract_state, state, step.train_step, step.train_rng,
+                     step.compiled, step.compile_s, step.memory)
+
+
+def fit_batch(model: str, dtype: str, budget_gib: float, config_args: Sequence[str] = (), start: int = 0) -> dict[str, Any]:
+    """The largest global batch (a multiple of data x fsdp) whose compiled train step needs at most `budget_gib`
+    GiB per device: doubling from `start` (rounded down to a multiple; at least one row per batch shard), then
+    bisecting. Compiles only; returns {"fit_batch_size" (0: not even the smallest fits), "budget_bytes", "probes"}."""
+    family = family_of(model)
+    budget = int(budget_gib * GIB)
+    probes: list[dict[str, Any]] = []
+
+    def fits(batch_size: int) -> bool:
+        need = compile_step(family, make_config(family, batch_size, dtype, config_args)).memory["memory_predicted_bytes"]
+        probes.append({"batch_size": batch_size, "memory_predicted_bytes": need})
+        return need <= budget
+
+    config = make_config(family, 1, dtype, config_args)
+    unit = sharding_lib.batch_devices(sharding_lib.make_mesh(config.num_devices, config.mesh))
+    low, high = 0, max(unit, start // unit * unit)
+    while fits(high):
+        low, high = high, high * 2
+    while high - low > unit:
+        middle = (low + high) // 2 // unit * unit
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return {"model": model, "dtype": dtype, "fit_batch_size": low, "budget_bytes": budget, "probes": probes,
+            "config_args": list(config_args), "source_revision": source_revision()}
 
 
 def check_sizes(steps: int, batch_size: int) -> None:
@@ -210,10 +317,7 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
     model_flops, executed_flops = step_flops(family, task, abstract_state, batch, train_rng)
 
     meter = peaks.PeakMeter(mesh, dtype)
-    start = time.perf_counter()
-    state, metrics = train_step(state, batch, train_rng)
-    jax.block_until_ready((state, metrics))
-    compile_s = time.perf_counter() - start
+    train_step = setup.compiled  # compiled from abstract shapes in set_up (compile_s)
     state, _ = time_windows(train_step, state, repeat(batch), train_rng, WARMUP_STEPS)
 
     window = max(1, steps // NUM_WINDOWS)
@@ -237,6 +341,7 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
     bound_s = matmul_bound.matmul_bound_s(task.train_step, abstract_state, batch, train_rng) if bound else None
     tokens = family.tokens_per_example(config) * batch_size if family.tokens_per_example else None
     device = mesh.devices.flat[0]
+    stats = device.memory_stats()
     return {
         "model": model,
         "batch_size": batch_size,
@@ -246,12 +351,16 @@ def benchmark(model: str, batch_size: int, steps: int, dtype: str = "float32", d
         "examples_per_s": batch_size / step_s,
         "tokens_per_s": tokens / step_s if tokens else None,
         "flops_per_step": model_flops,
+        "flops_formula": FLOPS_FORMULA,
         "executed_flops_per_step": executed_flops,
         "tflops_per_s": model_flops / step_s / 1e12,
         "mfu": mfu,
         "peak_tflops_per_s": float(np.median(peak)) / 1e12,
         "peak_source": meter.source,
-        "compile_s": compile_s,
+        "compile_s": setup.compile_s,
+        **setup.memory,
+        "device_peak_bytes": stats.get("peak_bytes_in_use") if stats else None,  # None where the device reports none (CPU)
+        "mesh": dict(mesh.shape),
         "matmul_bound_ms": bound_s * 1e3 if bound_s else None,
         "mfu_ceiling": mfu * step_s / bound_s if bound_s else None,  # the MFU at the bound, against the same peak
         "synthetic_step_ms_median": summary(synthetic)["step_ms_median"],
@@ -311,11 +420,24 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="real: also time the real input pipeline and report real/synthetic")
     parser.add_argument("--matmul-bound", action="store_true",
                         help="also time each matmul and convolution of the step alone: the MFU if nothing else cost time")
-    return parser.parse_known_args(argv)
+    parser.add_argument("--size", help="--model gpt2: tiny | 124m | 355m | 774m | 1.5b; --model bert: tiny | base | large")
+    parser.add_argument("--seq-len", type=int, help="--model gpt2|bert: tokens per example (config field seq_len)")
+    parser.add_argument("--fit", type=float, metavar="GIB",
+                        help="instead of timing: the largest batch (from --batch-size up) whose compiled step needs at most GIB GiB per device")
+    flags, config_args = parser.parse_known_args(argv)
+    sized = {"model.size": flags.size, "seq_len": flags.seq_len}
+    if any(value is not None for value in sized.values()) and family_of(flags.model).module != SIZED_MODULE:
+        raise GenjaxError(f"--size and --seq-len apply to --model gpt2 or bert, not '{flags.model}'")
+    return flags, [f"--config.{key}={value}" for key, value in sized.items() if value is not None] + config_args
 
 
 def main(argv: Sequence[str]) -> None:
     flags, config_args = parse_args(argv)
+    if flags.fit is not None:
+        result = fit_batch(flags.model, DTYPES[flags.dtype], flags.fit, config_args, flags.batch_size)
+        print(format_table(result))
+        print(json.dumps(result), flush=True)
+        return
     result = benchmark(flags.model, flags.batch_size, flags.steps, DTYPES[flags.dtype], flags.data, config_args, flags.matmul_bound)
     print(format_table(result))
     print(json.dumps(result), flush=True)

@@ -269,7 +269,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, expe
     is_main = jax.process_index() == 0
 
     # Mesh and keys.
-    mesh = sharding_lib.make_mesh(config.num_devices, config.parallelism, config.fsdp_devices)
+    mesh = sharding_lib.make_mesh(config.num_devices, config.mesh)
     sharding_lib.check_batch_size(config.batch_size, mesh)
     sharding_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     data_sharding = sharding_lib.batch_sharding(mesh)

@@ -12,6 +12,7 @@ import numpy as np
 
 from genjax.data.loader import Batch, Loader
 from genjax.errors import GenjaxError
+from genjax.sharding import mesh_config
 from genjax.state import TrainState
 
 
@@ -101,8 +102,9 @@ def loop_config(**overrides: Any) -> ml_collections.ConfigDict:
             dtype="float32",  # computation dtype: float32 | bfloat16 (parameters, optimizer state and losses stay float32)
             skip_nonfinite=False,  # True: a step with a NaN/Inf loss or gradient keeps the old state, counted in skipped_updates
             num_devices=0,  # 0: all visible devices
-            parallelism="data",  # data: replicated state | fsdp: state split over the fsdp mesh axis
-            fsdp_devices=0,  # devices per FSDP group (parallelism=fsdp); 0: all devices
+            # devices along each mesh axis (-1: the rest): data (batch split, state replicated), fsdp (batch and
+            # state split), tensor (attention heads and MLP hidden split, Megatron); see genjax/sharding.py
+            mesh=mesh_config(),
             data_dir="",  # "": $TFDS_DATA_DIR, else TFDS's default
             download=True,  # prepare a dataset missing from data_dir (needs internet and TensorFlow once)
             cpu_tuning=True,  # entry points apply genjax/cpu_tuning.py at start on CPU (process-wide; the library never does)

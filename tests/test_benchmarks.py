@@ -27,6 +27,8 @@ FIELDS = {
     "flops_per_step", "executed_flops_per_step", "tflops_per_s", "mfu", "peak_tflops_per_s", "peak_source",
     "compile_s", "synthetic_step_ms_median", "real_over_synthetic", "device_kind", "platform", "num_devices",
     "dtype", "versions", "matmul_bound_ms", "mfu_ceiling", "config_args", "source_revision",
+    "flops_formula", "mesh", "memory_argument_bytes", "memory_output_bytes", "memory_temp_bytes", "memory_alias_bytes",
+    "memory_predicted_bytes", "device_bytes_limit", "device_peak_bytes",
 }
 BATCH = 8
 
@@ -58,6 +60,9 @@ def test_every_family_reports_every_field(model, family_args, capsys):
     assert result["tflops_per_s"] == pytest.approx(result["flops_per_step"] / result["step_ms_median"] / 1e9)
     # Autodiff skips unneeded gradients; a rematerialised forward (the "blocked" attention of imdb) adds at most one forward.
     assert 0 < result["executed_flops_per_step"] <= result["flops_per_step"] * 4 / 3
+    memory = [result[f"memory_{part}_bytes"] for part in ("argument", "output", "temp", "alias")]
+    assert result["memory_predicted_bytes"] == memory[0] + memory[1] + memory[2] - memory[3] > 0
+    assert result["device_bytes_limit"] is result["device_peak_bytes"] is None  # the CPU reports no memory statistics
     assert 0 < result["mfu"] and result["peak_tflops_per_s"] > 0 and result["compile_s"] > 0
     device = jax.devices()[0]
     published = device.platform != "cpu" and peaks.published_peak(device.device_kind, jnp.float32) is not None
@@ -65,7 +70,7 @@ def test_every_family_reports_every_field(model, family_args, capsys):
     assert (result["platform"], result["peak_source"], result["dtype"], result["num_devices"]) == (device.platform, peak_source, "float32", 1)
     assert result["synthetic_step_ms_median"] > 0
     assert (result["real_over_synthetic"] is not None) == (data == "real")
-    assert (result["tokens_per_s"] is not None) == (model in ("charlm", "charlm_gpu", "imdb"))
+    assert (result["tokens_per_s"] is not None) == (model in ("charlm", "charlm_gpu", "imdb", "gpt2", "bert"))
     assert result["matmul_bound_ms"] is None and result["mfu_ceiling"] is None  # only with --matmul-bound
     assert result["config_args"] == family_args(model)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()

@@ -52,12 +52,12 @@ def test_rules_choose_the_split_dimension(shape, names, expected):
 
 
 def test_mesh_settings_are_checked():
-    with pytest.raises(GenjaxError, match="unknown parallelism 'zero3'"):
-        sharding.make_mesh(0, "zero3")
-    too_many = len(jax.devices()) + 1
-    with pytest.raises(GenjaxError, match=f"fsdp_devices={too_many} does not divide"):
-        sharding.make_mesh(0, "fsdp", fsdp_devices=too_many)
-    with pytest.raises(GenjaxError, match="batch_size=6 is not divisible by the 8 devices"):
+    with pytest.raises(GenjaxError, match="unknown mesh axis 'zero3'"):
+        sharding.make_mesh(0, {"zero3": 2})
+    devices = len(jax.devices())
+    with pytest.raises(GenjaxError, match=f"mesh data=-1 x fsdp={devices + 1} x tensor=1 does not fit the {devices} devices"):
+        sharding.make_mesh(0, {"fsdp": devices + 1})
+    with pytest.raises(GenjaxError, match="batch_size=6 is not divisible by data x fsdp = 8"):
         sharding.check_batch_size(6, MESH_2x4)
 
 
@@ -131,12 +131,15 @@ class ClassifierTask:
         return {"count": jnp.asarray(batch["image"].shape[0], jnp.float32)}
 
 
+LAYOUTS = {"data": {"data": -1}, "fsdp": {"data": 1, "fsdp": -1}}  # mesh axes of the two layouts compared here
+
+
 def run_steps(task, loader, parallelism: str, steps: int) -> dict:
     """`steps` jitted train steps of `task` (the loop's own layout and compiled step) on all devices."""
     from genjax import loop
     from genjax.data.loader import to_global
 
-    mesh = sharding.make_mesh(0, parallelism)
+    mesh = sharding.make_mesh(0, LAYOUTS[parallelism])
     data = sharding.batch_sharding(mesh)
     batch = to_global(loader.batch_at(0), data)
     _, shardings = loop.state_layout(task, mesh, jax.random.key(0), batch)
@@ -181,7 +184,8 @@ def four_device_report(workdir: pathlib.Path) -> dict:
     }
 
     # The config switch through the whole loop: train, evaluate, report and checkpoint a sharded state.
-    config = vae_config(3, parallelism="fsdp")
+    config = vae_config(3)
+    config.mesh.update(LAYOUTS["fsdp"])
     report["loop_fsdp"] = {"final": loop.train_and_evaluate(config, workdir / "fsdp", vae_mnist.build(config)),
                            "losses": train_losses(workdir / "fsdp"),
                            "checkpoints": sorted(p.name for p in (workdir / "fsdp" / "checkpoints").iterdir())}

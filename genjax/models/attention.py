@@ -18,7 +18,9 @@ import jax.numpy as jnp
 from genjax.errors import GenjaxError
 from genjax.models.layer_norm import EPSILON, LayerNorm
 
-KERNELS = ("xla", "blocked", "fused")
+KERNELS = ("auto", "xla", "blocked", "fused", "cudnn")
+FUSED_DTYPES = (jnp.bfloat16, jnp.float16)  # the dtypes cuDNN flash attention takes (fp8 aside)
+CUDNN_MAX_HEAD_DIM = 128  # cuDNN's limit before Hopper (256 from compute capability 9.0): the safe bound
 BLOCK_SCORES = 2**20  # attention scores per block of the "blocked" kernel: 4 MiB in float32, cache-sized (benchmarks/RESULTS.md)
 POSITIONS = ("rotary", "learned")
 
@@ -52,19 +54,39 @@ def dot_product_attention(
       causal: query t sees keys s <= t (needs T == S).
       mask: bool, broadcastable to [B, T, S]; True where a key may be seen (padding, cache slots).
       kernel: "xla" (einsums, softmax in float32; returns the weights), "blocked" (the same over blocks
-        of batch rows, for long sequences on CPU: see `blocked_attention`; no weights) or "fused"
-        (`jax.nn.dot_product_attention`: cuDNN flash attention on GPU; no weights).
+        of batch rows, for long sequences on CPU: see `blocked_attention`; no weights), "fused"
+        (`jax.nn.dot_product_attention` with its default implementation, XLA's in jax 0.10; no weights),
+        "cudnn" (the same with `implementation="cudnn"`: cuDNN flash attention, GPU only, bf16/fp16; no weights)
+        or "auto" ("cudnn" where `cudnn_fits`, else "xla").
     Returns:
       (out [B, T, N, D], weights [B, N, T, S] float32 or None).
     """
-    if kernel == "fused":
+    if kernel == "auto":
+        kernel = "cudnn" if cudnn_fits(q, k, causal=causal, mask=mask) else "xla"
+    if kernel in ("fused", "cudnn"):
         fused_mask = None if mask is None else jnp.broadcast_to(mask, (q.shape[0], q.shape[1], k.shape[1]))[:, None]
-        return jax.nn.dot_product_attention(q, k, v, mask=fused_mask, is_causal=causal), None
+        implementation = "cudnn" if kernel == "cudnn" else None
+        return jax.nn.dot_product_attention(q, k, v, mask=fused_mask, is_causal=causal, implementation=implementation), None
     if kernel == "blocked":
         return blocked_attention(q, k, v, causal=causal, mask=mask), None
     if kernel != "xla":
         raise GenjaxError(f"unknown attention kernel '{kernel}'; choose one of {KERNELS}")
     return einsum_attention(q, k, v, causal=causal, mask=mask)
+
+
+def cudnn_fits(q: jax.Array, k: jax.Array, *, causal: bool, mask: jax.Array | None) -> bool:
+    """Whether cuDNN flash attention takes q [B, T, N, D], k [B, S, K, D] here: the default backend is a GPU, the
+    dtype bf16 or fp16, D a multiple of 8 up to CUDNN_MAX_HEAD_DIM, T == S when causal, T and S even under a mask
+    (cuDNN turns the mask into a bias). Decided from shapes and dtypes at trace time."""
+    t, d, s = q.shape[1], q.shape[-1], k.shape[1]
+    return (
+        jax.default_backend() == "gpu"
+        and q.dtype in FUSED_DTYPES
+        and d % 8 == 0
+        and d <= CUDNN_MAX_HEAD_DIM
+        and (not causal or t == s)
+        and (mask is None or (t % 2 == 0 and s % 2 == 0))
+    )
 
 
 def einsum_attention(
@@ -175,7 +197,7 @@ class SelfAttention(nn.Module):
     Attributes:
       num_heads: N query heads. num_kv_heads: K key/value heads (0: N).
       head_dim: D. use_rotary: rotate q and k by their positions.
-      kernel: "xla" or "fused" (see `dot_product_attention`).
+      kernel: one of KERNELS (see `dot_product_attention`).
     """
 
     num_heads: int

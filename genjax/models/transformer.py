@@ -1,8 +1,15 @@
 """Transformers from the attention blocks: the shared embedding + block stack, a decoder-only language model
 (with a KV cache) and an encoder classifier. BERT (genjax/models/bert.py) and GPT-2 (genjax/models/gpt2.py)
-are this stack with their own settings."""
+are this stack with their own settings.
+
+The stack's blocks can be rematerialised (`remat`: their activations recomputed in the backward pass instead
+of kept) and scanned (`scan_layers`: one block traced and compiled once, its parameters stacked on a leading
+'layers' axis, so compile time does not grow with depth); neither changes the numbers.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -12,6 +19,23 @@ from genjax.errors import GenjaxError
 
 from genjax.models.attention import POSITIONS, Cache, Dtype, TransformerBlock, empty_cache, layer_norm, partitioned
 from genjax.models.layer_norm import EPSILON
+
+
+# What a rematerialised block keeps for the backward pass: "none" (no remat: every activation), "full" (only its
+# inputs; the whole block is recomputed), "dots" (the outputs of its weight matmuls; the rest is recomputed).
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+REMAT_NAMES = ("none", *REMAT_POLICIES)
+LAYERS_AXIS = "layers"  # the logical name of the stacked-layers axis of scanned parameters (never sharded)
+SCANNED_BLOCKS = "blocks"  # the parameter name of the scanned blocks; unrolled ones are block0, block1, ...
+
+
+def check_remat(name: str) -> None:
+    """GenjaxError unless `name` is one of REMAT_NAMES."""
+    if name not in REMAT_NAMES:
+        raise GenjaxError(f"unknown remat '{name}'; choose one of {REMAT_NAMES} (e.g. --config.model.remat=full)")
 
 
 class Embed(nn.Embed):
@@ -33,6 +57,8 @@ class Stack(nn.Module):
 
     Pre-norm blocks (default) end with a final norm; post-norm blocks (`post_norm`, BERT) start from a
     norm of the embeddings instead. `num_token_types` > 0 adds token-type (segment) embeddings.
+    `remat` (one of REMAT_NAMES) rematerialises each block; `scan_layers` runs the blocks as one `nn.scan` whose
+    parameters are stacked [num_layers, ...] under SCANNED_BLOCKS (`stack_blocks` converts unrolled ones).
     """
 
     vocab_size: int
@@ -51,8 +77,11 @@ class Stack(nn.Module):
     post_norm: bool = False
     layer_norm_epsilon: float = EPSILON
     approximate_gelu: bool = True
+    remat: str = "none"
+    scan_layers: bool = False
 
     def setup(self) -> None:
+        check_remat(self.remat)
         if self.positions not in POSITIONS:
             raise GenjaxError(f"unknown positions '{self.positions}'; choose one of {POSITIONS}")
         if self.width % self.num_heads:
@@ -68,14 +97,15 @@ class Stack(nn.Module):
             self.position_embed = self._table(self.max_len)
         if self.num_token_types:
             self.token_type_embed = self._table(self.num_token_types)
-        self.blocks = [
-            TransformerBlock(
+        def block(name: str) -> TransformerBlock:
+            return TransformerBlock(
                 self.num_heads, self.width // self.num_heads, self.mlp_dim, self.num_kv_heads, self.positions == "rotary",
                 self.dropout_rate, self.attention_kernel, self.dtype, self.param_dtype, self.post_norm,
-                self.layer_norm_epsilon, self.approximate_gelu, name=f"block{i}",
+                self.layer_norm_epsilon, self.approximate_gelu, name=name,
             )
-            for i in range(self.num_layers)
-        ]
+
+        # Scanned: one block whose parameters `run_blocks`' nn.scan stacks; unrolled: one block per layer.
+        self.blocks = block(SCANNED_BLOCKS) if self.scan_layers else [block(f"block{i}") for i in range(self.num_layers)]
         self.dropout = nn.Dropout(self.dropout_rate)
         if self.post_norm:
             self.embed_norm = layer_norm("embed_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon)
@@ -115,15 +145,58 @@ class Stack(nn.Module):
     ) -> tuple[jax.Array, list[Cache] | None]:
         """Embedded x [B, T, E] -> normed hidden states [B, T, E] (and the updated per-layer caches)."""
         x = self.dropout(self.embed_norm(x) if self.post_norm else x, deterministic)
-        new_caches = []
-        for i, block in enumerate(self.blocks):
-            x, cache = block(x, positions, causal=causal, mask=mask, cache=None if caches is None else caches[i], deterministic=deterministic)
-            new_caches.append(cache)
+
+        def layer(block: TransformerBlock, x: jax.Array, cache: Cache | None) -> tuple[jax.Array, Cache | None]:
+            """One block: (its module, hidden states [B, T, E], its cache) -> (hidden states, updated cache)."""
+            return block(x, positions, causal=causal, mask=mask, cache=cache, deterministic=deterministic)
+
+        if self.remat != "none":
+            # Inside a scan no common subexpression can cross iterations: CSE prevention would only cost speed.
+            layer = nn.remat(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
+        if self.scan_layers:
+            scanned = nn.scan(
+                layer,
+                variable_axes={True: 0},  # parameters (and sown intermediates) stacked on a leading layers axis
+                split_rngs={True: True},  # each layer its own initialisation and dropout keys
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
+            )
+            stacked = None if caches is None else jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *caches)
+            x, stacked = scanned(self.blocks, x, stacked)
+            new_caches = None if caches is None else [jax.tree.map(lambda c, i=i: c[i], stacked) for i in range(self.num_layers)]
+        else:
+            new_caches = []
+            for i, block in enumerate(self.blocks):
+                x, cache = layer(block, x, None if caches is None else caches[i])
+                new_caches.append(cache)
         return x if self.post_norm else self.final_norm(x), None if caches is None else new_caches
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Output head tied to the token embedding: [B, T, E] -> float32 [B, T, vocab]."""
         return self.embed.attend(h).astype(jnp.float32)
+
+
+def stack_blocks(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """A stack's parameters with unrolled blocks `block0 ... block{L-1}` -> the same with them stacked [L, ...] under
+    SCANNED_BLOCKS, as `scan_layers=True` holds them; found at any depth (a classifier's `encoder`). Same numbers."""
+    if not isinstance(params, dict):
+        return params
+    names = [f"block{i}" for i in range(num_layers)]
+    out = {k: stack_blocks(v, num_layers) for k, v in params.items() if k not in names}
+    if all(name in params for name in names):
+        out[SCANNED_BLOCKS] = jax.tree.map(lambda *layers: jnp.stack(layers), *(params[name] for name in names))
+    return out
+
+
+def unstack_blocks(params: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `stack_blocks`: scanned blocks [L, ...] -> `block0 ... block{L-1}` (for unrolled models, HF export)."""
+    if not isinstance(params, dict):
+        return params
+    out = {k: unstack_blocks(v) for k, v in params.items() if k != SCANNED_BLOCKS}
+    if SCANNED_BLOCKS in params:
+        layers = jax.tree.leaves(params[SCANNED_BLOCKS])[0].shape[0]
+        out.update({f"block{i}": jax.tree.map(lambda x, i=i: x[i], params[SCANNED_BLOCKS]) for i in range(layers)})
+    return out
 
 
 class DecoderLM(Stack):
@@ -181,6 +254,8 @@ class EncoderClassifier(nn.Module):
     attention_kernel: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -190,7 +265,7 @@ class EncoderClassifier(nn.Module):
         stack = Stack(
             self.vocab_size, self.num_layers, self.num_heads, self.width, self.mlp_dim, self.max_len + extra,
             self.num_kv_heads, self.positions, self.dropout_rate, self.attention_kernel, self.dtype, self.param_dtype,
-            name="encoder",
+            remat=self.remat, scan_layers=self.scan_layers, name="encoder",
         )
         valid = tokens != 0
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1] + extra), (tokens.shape[0], tokens.shape[1] + extra))
