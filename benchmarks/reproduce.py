@@ -8,8 +8,9 @@ the named ones and whatever they read (the GAN's metric CNN).
 Each run is the README's exact command in a fresh subprocess, with its workdir replaced by a new temporary
 folder. The figures are read from that run's `metrics.jsonl` (a split, a key, the final row or a given step)
 and compared with the stored value within the tolerance stored next to it. Prints a table (figure, expected,
-got, tolerance, ok, wall time) with the CPU, the jax/jaxlib/flax versions and the git commit, then one JSON
-line; exits 1 when a figure is outside its tolerance or a run failed.
+got, tolerance, ok, wall time, and whether every stored digit came back: on the machine type, core count and
+jax/jaxlib the value was taken with, it does) with the CPU, the jax/jaxlib/flax versions and the git commit, then
+one JSON line; exits 1 when a figure is outside its tolerance or a run failed.
 
 `--update` writes the figures of this run into the stored file as the new expected values (for a change
 that moves a figure on purpose); then `pytest tests/test_reproduce.py` names every README figure to edit.
@@ -126,14 +127,16 @@ def reproduce(runs: Sequence[expected.Run], root: pathlib.Path) -> list[Outcome]
 
 
 def format_table(outcomes: Sequence[Outcome], context: dict[str, Any]) -> str:
-    header = ("figure", "expected", "got", "tolerance", "ok", "wall time")
+    header = ("run", "figure", "expected", "got", "tolerance", "ok", "identical", "wall time")
     rows = [header]
     for o in outcomes:
         got = f"{o.got:.6g}" if o.got is not None else "-"
-        rows.append((o.figure.name, f"{o.figure.expected:.6g}", got, f"{o.figure.tolerance:g}", "yes" if o.ok else "NO", f"{o.wall_s / 60:.1f} min"))
+        identical = "-" if o.got is None else "yes" if o.got == o.figure.expected else "no"  # the same machine type gives every digit
+        rows.append((o.run, o.figure.name, f"{o.figure.expected:.6g}", got, f"{o.figure.tolerance:g}", "yes" if o.ok else "NO",
+                     identical, f"{o.wall_s / 60:.1f} min"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines += [f"{o.figure.name}: {o.problem}" for o in outcomes if o.problem]
+    lines += [f"{o.run} {o.figure.name}: {o.problem}" for o in outcomes if o.problem]
     lines += [f"{key}: {value}" for key, value in context.items()]
     return "\n".join(lines)
 
@@ -141,7 +144,7 @@ def format_table(outcomes: Sequence[Outcome], context: dict[str, Any]) -> str:
 def summary(outcomes: Sequence[Outcome], context: dict[str, Any]) -> dict[str, Any]:
     figures = [
         {"run": o.run, "figure": o.figure.name, "expected": o.figure.expected, "got": o.got, "tolerance": o.figure.tolerance,
-         "ok": o.ok, "wall_s": round(o.wall_s, 1), **({"problem": o.problem} if o.problem else {})}
+         "ok": o.ok, "identical": o.got == o.figure.expected, "wall_s": round(o.wall_s, 1), **({"problem": o.problem} if o.problem else {})}
         for o in outcomes
     ]
     return {"ok": all(o.ok for o in outcomes), "figures": figures, **context}
