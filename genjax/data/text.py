@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from genjax import progress
 from genjax.data.loader import Batch, EvalBatches, process_rows
 from genjax.errors import GenjaxError
 
@@ -74,7 +75,7 @@ class WordTokenizer:
     def train(cls, texts: Iterable[str], vocab_size: int) -> "WordTokenizer":
         if vocab_size < 3:
             raise GenjaxError(f"vocab_size={vocab_size} leaves no room for words beside <pad> and <unk>; use e.g. 20000")
-        counts = collections.Counter(piece for text in texts for piece in word_pieces(text))
+        counts = collections.Counter(piece for text in progress.track(texts, "training tokenizer", unit="texts") for piece in word_pieces(text))
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         return cls([word for word, _ in ranked[: vocab_size - 2]])
 
