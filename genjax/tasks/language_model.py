@@ -18,7 +18,7 @@ from genjax.models.transformer import DecoderLM
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
-from genjax.task import VALIDATION, EvalSums
+from genjax.task import VALIDATION, EvalSums, Task
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -41,7 +41,7 @@ def model_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> Dec
     )
 
 
-class LanguageModelTask:
+class LanguageModelTask(Task):
     """Trains a `DecoderLM` on windows {'tokens': int32 [B, context + 1]}; metrics `loss` (nats/token), `bits_per_char`."""
 
     def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, tokenizer: Tokenizer):

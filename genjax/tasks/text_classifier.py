@@ -19,7 +19,7 @@ from genjax.models.transformer import EncoderClassifier
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step
-from genjax.task import TEST, EvalSums
+from genjax.task import TEST, EvalSums, Task
 from genjax.tasks.classifier import classification_sums
 
 
@@ -97,7 +97,7 @@ def positive_class_probability(logits: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits, -1)[:, 1]
 
 
-class TextClassifierTask:
+class TextClassifierTask(Task):
     """Trains an `EncoderClassifier` on {'tokens': int32 [B, L] (0 = padding), 'label': int32 [B]}."""
 
     def __init__(self, config: ml_collections.ConfigDict, optimizer: Optimizer, vocab_size: int):
