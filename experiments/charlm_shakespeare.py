@@ -61,7 +61,6 @@ def get_config(recipe: str = "cpu") -> ml_collections.ConfigDict:
     config.dataset = "tiny_shakespeare"
     config.context = 64 if cpu else 256
     config.dtype = "float32" if cpu else "bfloat16"  # computation dtype; parameters stay float32
-    config.grad_accum_steps = 1
     config.model = ml_collections.ConfigDict(
         dict(
             num_layers=4 if cpu else 6,

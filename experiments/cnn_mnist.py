@@ -27,7 +27,6 @@ def get_config() -> ml_collections.ConfigDict:
     config = loop_config(num_epochs=10, batch_size=128, eval_batch_size=1000, checkpoint_every=1000)
     config.dataset = "mnist"
     config.validation_examples = 5000  # the last 5,000 train images (train[55000:]): the validation split, never trained on
-    config.grad_accum_steps = 1
     config.model = ml_collections.ConfigDict(dict(kind="cnn", channels=(32, 64), hidden=256, dropout_rate=0.0))
     config.data = ml_collections.ConfigDict(dict(augment=True))  # small random rotation/zoom/shift
     config.optimizer = optimizer_config(

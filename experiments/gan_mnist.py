@@ -56,7 +56,6 @@ import pathlib
 from typing import Sequence
 
 import ml_collections
-import numpy as np
 
 from genjax import cli, loop
 from genjax.data import sources
@@ -111,13 +110,11 @@ def build(config: ml_collections.ConfigDict, with_metrics: bool = True) -> Exper
     steps = num_train_steps(config, loader.steps_per_epoch)
     optimizers = {name: make_optimizer(config.optimizers[name], steps) for name in ("generator", "discriminator")}
     task = GANTask(config, optimizers, feature_network, train["image"], held_out)
-    # Each row's index picks its latent vector: the same sample for a row at every evaluation.
-    eval_arrays = {split: {"image": x, "index": np.arange(len(x), dtype=np.int32)} for split, x in held_out.items()}
     return Experiment(
         name="gan_mnist",
         task=task,
         train_data=loader,
-        eval_data=eval_splits(eval_arrays, config.eval_batch_size),
+        eval_data=eval_splits({split: {"image": x} for split, x in held_out.items()}, config.eval_batch_size),
         num_train_steps=steps,
         data_signature={"dataset": config.dataset, "train": len(train["image"]), **{k: len(v) for k, v in held_out.items()}},
     )

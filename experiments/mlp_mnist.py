@@ -25,7 +25,6 @@ def get_config() -> ml_collections.ConfigDict:
     config = loop_config(num_epochs=20, batch_size=128, eval_batch_size=1000, checkpoint_every=2000)
     config.dataset = "mnist"
     config.validation_examples = 5000  # the last 5,000 train images (train[55000:]): the validation split, never trained on
-    config.grad_accum_steps = 1
     config.model = ml_collections.ConfigDict(dict(kind="mlp", hidden=(512, 512), dropout_rate=0.2))
     config.data = ml_collections.ConfigDict(dict(augment=False))
     config.optimizer = optimizer_config(

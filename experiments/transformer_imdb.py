@@ -54,7 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.validation_examples = 2500  # the last 2,500 train reviews (train[22500:]): the validation split, never trained on
     config.train_examples = 0  # 0: the rest of the train split; > 0: its first n (smoke runs and tests)
     config.test_examples = 0
-    config.grad_accum_steps = 1
     config.model = ml_collections.ConfigDict(
         dict(
             num_layers=1,

@@ -35,7 +35,6 @@ def get_config() -> ml_collections.ConfigDict:
     config = loop_config(num_epochs=10, batch_size=32, eval_batch_size=1000, checkpoint_every=2000)
     config.dataset = "mnist"
     config.validation_examples = 5000  # the last 5,000 train images (train[55000:]): the validation split, never trained on
-    config.grad_accum_steps = 1  # micro-batches per step (same update, 1/k of the activation memory)
     config.iwae_samples = 1000  # IWAE bound at the end; 0 skips it
     config.model = ml_collections.ConfigDict(dict(kind="mlp", hidden=500, latents=20, upsample="subpixel"))  # the conv decoder's; or "transpose"
     config.data = ml_collections.ConfigDict(dict(binarization="dynamic", augment=False))

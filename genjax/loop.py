@@ -17,14 +17,14 @@ import ml_collections
 import numpy as np
 
 from genjax import config as config_lib
-from genjax import metrics_log
+from genjax import metrics_log, progress
 from genjax import sharding as sharding_lib
 from genjax import workdir as workdir_lib
 from genjax.checkpoint import BEST_CHECKPOINTS, BestCheckpoint, Checkpointer, abstract_with_shardings
 from genjax.data.loader import device_prefetch, to_global
 from genjax.errors import GenjaxError
 from genjax.metrics_log import MetricLogger
-from genjax.task import TEST, VALIDATION, Experiment, Task, check_loop_config
+from genjax.task import TEST, VALIDATION, EvalSums, Experiment, Task, check_loop_config
 from jax.sharding import Mesh
 
 
@@ -184,32 +184,43 @@ def compile_steps(task: Task, mesh: Mesh, state_shardings: Any, skip_nonfinite: 
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(task.eval_step, in_shardings=(state_shardings, data_sharding, replicated), out_shardings=replicated)
+    eval_step = jax.jit(_rows_with_mask(task.eval_step), in_shardings=(state_shardings, data_sharding, replicated), out_shardings=replicated)
     return train_step, eval_step
+
+
+def _rows_with_mask(eval_step: Callable) -> Callable:
+    """`eval_step` whose `EvalSums.rows`, when it has any, also hold the batch's `mask` [B] (see `real_rows`)."""
+
+    def step(state: Any, batch: dict[str, jax.Array], rng: jax.Array) -> EvalSums:
+        out = eval_step(state, batch, rng)
+        if not isinstance(out, EvalSums):
+            raise GenjaxError(f"eval_step returned a {type(out).__name__}, not an EvalSums; return genjax.task.EvalSums(sums, count, rows)")
+        return out.replace(rows={**out.rows, "mask": batch["mask"]}) if out.rows else out
+
+    return step
 
 
 def evaluate(
     experiment: Experiment, split: str, state: Any, eval_step, data_sharding, rng: jax.Array
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """(means over the whole held-out `split` of the task's `eval_step` sums, its per-example `rows` over the
-    split: {name: [N, ...]}, real rows only, in the split's order; {} when `eval_step` returns none)."""
+    """(means over the whole held-out `split` of the `EvalSums.sums` of `eval_step` (compiled by `compile_steps`),
+    its per-example `rows` over the split: {name: [N, ...]}, real rows only, in the split's order; {} when
+    `eval_step` returns none). A long evaluation prints its progress (genjax/progress.py)."""
     totals, rows = None, []
-    for batch in experiment.eval_data[split]():
-        sums = dict(eval_step(state, to_global(batch, data_sharding), rng))
-        if "rows" in sums:
-            rows.append(sums.pop("rows"))
+    for batch in progress.track(experiment.eval_data[split](), f"evaluating {split}"):
+        out = eval_step(state, to_global(batch, data_sharding), rng)
+        if out.rows:
+            rows.append(out.rows)
+        sums = EvalSums(out.sums, out.count)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
-    count = float(totals.pop("count"))
-    return {k: float(v) / count for k, v in totals.items()}, real_rows(jax.device_get(rows))
+    return {k: float(v) / float(totals.count) for k, v in totals.sums.items()}, real_rows(jax.device_get(rows))
 
 
 def real_rows(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per-batch rows {name: [B, ...], "mask": [B]} -> {name: [N, ...]}: the rows where `mask` is True, concatenated."""
     if not batches:
         return {}
-    if "mask" not in batches[0]:
-        raise GenjaxError(f"eval_step's rows {sorted(batches[0])} lack 'mask'; add the batch's mask: rows['mask'] = batch['mask']")
     mask = np.concatenate([rows["mask"] for rows in batches]).astype(bool)
     return {name: np.concatenate([rows[name] for rows in batches])[mask] for name in batches[0] if name != "mask"}
 
@@ -219,8 +230,8 @@ def _check_best_metric(config: ml_collections.ConfigDict, experiment: Experiment
     if not config.best_metric:
         return
     batch = next(iter(experiment.eval_data[VALIDATION]()))
-    sums = jax.eval_shape(experiment.task.eval_step, abstract_state, batch, rng)
-    names = sorted(set(sums) - {"count", "rows"} | set(getattr(experiment.task, "report_metrics", ())))
+    sums = jax.eval_shape(experiment.task.eval_step, abstract_state, batch, rng).sums
+    names = sorted(set(sums) | set(getattr(experiment.task, "report_metrics", ())))
     if config.best_metric not in names:
         raise GenjaxError(
             f"best_metric '{config.best_metric}' is not one of this experiment's validation metrics {names}; "
@@ -374,6 +385,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, expe
 
             at_log = step % config.log_every == 0 or step == total_steps
             at_eval = step % eval_every == 0 or step == total_steps
+            at_sample = step % config.sample_every == 0 if config.sample_every else at_eval
             stopping = stop.received  # read once: a signal arriving later in this step is handled at the next
             at_checkpoint = step % config.checkpoint_every == 0 or step == total_steps or stopping
             if at_log or at_eval or at_checkpoint:
@@ -385,13 +397,15 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, expe
                     eta = (total_steps - step) / max(rate, 1e-9)
                     print(f"step {step}/{total_steps}  loss {train_metrics['loss']:.4f}  "
                           f"{rate:.1f} steps/s  ETA {eta / 60:.1f} min", flush=True)
+            if at_sample:
+                task.write_samples(sharding_lib.gathered(state, mesh), step, workdir, eval_rng)
             if at_eval:
                 validation = evaluate_and_log(VALIDATION)
                 if best is not None and best.offer(step, state, validation, checkpoint_meta()) and is_main:
                     print(f"best {config.best_metric} so far: saved {best.checkpointer.path(step)}", flush=True)
             if at_checkpoint:
                 save(step)
-            if at_log or at_eval or at_checkpoint:
+            if at_log or at_eval or at_sample or at_checkpoint:
                 window_start, window_step = time.perf_counter(), step  # steps/s counts training time only
             if stopping:
                 checkpointer.wait()

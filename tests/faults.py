@@ -20,6 +20,9 @@ TINY_OVERRIDES = {
     "experiments.vae_mnist": {"batch_size": 32, "iwae_samples": 0, "eval_batch_size": 1000},
     "experiments.gan_mnist": {"batch_size": 32, "eval_batch_size": 1000, "num_quality_samples": 1000},
     "experiments.charlm_shakespeare": {"batch_size": 16, "eval_batch_size": 64, "sample.length": 20},
+    "experiments.ddpm_mnist": {"batch_size": 32, "eval_batch_size": 1000, "validation_examples": 500, "diffusion.timesteps": 50,
+                               "model.features": "(8,16)", "model.time_dim": 32, "optimizer.learning_rate": 2e-3,
+                               "optimizer.warmup_steps": 5, "optimizer.ema_decay": 0.0},
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 from experiments import mlp_mnist
 from genjax import loop, sharding
 from genjax.data import sources
-from genjax.data.loader import eval_batches, to_global
+from genjax.data.loader import EvalBatches, to_global
 from genjax.errors import GenjaxError
 from genjax.metrics_log import read_metrics
 from genjax.models.classifier import CNN, MLP, make_classifier
@@ -71,7 +71,7 @@ def test_evaluation_rows_hold_every_test_example_once_in_order(data_dir):
     experiment = mlp_mnist.build(config)
     test = sources.image_arrays("mnist", "test", data_dir, False)
     subset = {k: v[:2500] for k, v in test.items()}
-    experiment.eval_data[TEST] = lambda: eval_batches(subset, 1000)  # the last batch: 500 real rows, 500 of padding
+    experiment.eval_data[TEST] = lambda: EvalBatches(subset, 1000)  # the last batch: 500 real rows, 500 of padding
     mesh = sharding.make_mesh(1)
     data_sharding = sharding.batch_sharding(mesh)
     batch = to_global(experiment.train_data.batch_at(0), data_sharding)
@@ -86,8 +86,3 @@ def test_evaluation_rows_hold_every_test_example_once_in_order(data_dir):
     logits = experiment.task.model.apply({"params": state.params["model"]}, subset["image"].astype(np.float32) / 255.0)
     np.testing.assert_array_equal(rows["prediction"], np.argmax(logits, -1))
     assert metrics["accuracy"] == pytest.approx(np.mean(rows["prediction"] == subset["label"]), abs=1e-6)
-
-
-def test_evaluation_rows_without_a_mask_are_a_clear_error():
-    with pytest.raises(GenjaxError, match=r"eval_step's rows \['label'\] lack 'mask'"):
-        loop.real_rows([{"label": np.zeros(4)}])

@@ -11,7 +11,7 @@ from genjax import sharding
 from genjax.data import sources
 from genjax.data.images import augment_digits, dynamic_binarization, static_binarization
 from genjax.data import loader as loader_lib
-from genjax.data.loader import ResidentArrays, ShuffledArrayLoader, device_prefetch, eval_batches, to_global
+from genjax.data.loader import ResidentArrays, ShuffledArrayLoader, device_prefetch, EvalBatches, to_global
 from genjax.errors import GenjaxError
 
 
@@ -48,10 +48,12 @@ def test_loader_is_deterministic_resumable_and_covers_each_epoch():
 
 def test_eval_batches_cover_every_example_once_with_a_mask():
     arrays = {"x": np.arange(25)}
-    batches = list(eval_batches(arrays, 10))
+    batches = list(EvalBatches(arrays, 10))
     assert [len(b["x"]) for b in batches] == [10, 10, 10]
     real = np.concatenate([b["x"][b["mask"]] for b in batches])
     assert real.tolist() == list(range(25))
+    assert len(EvalBatches(arrays, 10)) == 3
+    assert np.concatenate([b["row"] for b in batches]).tolist() == list(range(30))  # each row's index, padding past the end
 
 
 def test_device_prefetch_yields_global_batches_in_order():

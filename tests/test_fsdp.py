@@ -23,6 +23,7 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from conftest import emulated_cpu_env
 from genjax import sharding
 from genjax.errors import GenjaxError
+from genjax.task import EvalSums
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MESH_2x4 = AbstractMesh((2, 4), ("data", "fsdp"))
@@ -128,7 +129,7 @@ class ClassifierTask:
         return single_network_step(self.loss, self.optimizer, state, batch, rng)
 
     def eval_step(self, state, batch, rng):
-        return {"count": jnp.asarray(batch["image"].shape[0], jnp.float32)}
+        return EvalSums({}, jnp.asarray(batch["image"].shape[0], jnp.float32))
 
 
 LAYOUTS = {"data": {"data": -1}, "fsdp": {"data": 1, "fsdp": -1}}  # mesh axes of the two layouts compared here

@@ -55,7 +55,6 @@ def test_a_short_pretraining_run_lowers_the_masked_token_loss(tmp_path, data_dir
     config = loop_config(
         batch_size=32, eval_batch_size=64, num_train_steps=steps, log_every=1, eval_every=10**9, checkpoint_every=1000, download=False
     )
-    config.grad_accum_steps = 1
     config.optimizer = optimizer_config(name="adamw", learning_rate=3e-3, schedule="warmup_cosine", warmup_steps=5)
     model = BertMaskedLM(**{**size("bert-tiny"), "vocab_size": tokenizer.vocab_size, "dropout_rate": 0.0})
     special = [tokenizer.token_id(token) for token in BERT_SPECIAL]

@@ -48,7 +48,7 @@ def test_iwae_bound_is_tighter_than_the_elbo(data_dir):
     state = jax.jit(task.init_state)(jax.random.key(0), batch)
     x = task.eval_images["test"][:50].astype(np.float32) / 255.0
     params = state.params["model"]
-    mean_elbo = -float(task.eval_step(state, {"image": task.eval_images["test"][:50], "mask": np.ones(50, bool)}, jax.random.key(1))["neg_elbo"]) / 50
+    mean_elbo = -float(task.eval_step(state, {"image": task.eval_images["test"][:50], "mask": np.ones(50, bool)}, jax.random.key(1)).sums["neg_elbo"]) / 50
     iwae = float(jnp.mean(iwae_log_likelihood(task.model, params, x, jax.random.key(2), num_samples=200, chunk=100)))
     assert iwae > mean_elbo  # the k-sample bound is above the one-sample ELBO, even untrained
 

@@ -87,21 +87,36 @@ class ShuffledArrayLoader:
         return {k: v[rows] for k, v in self.arrays.items()}
 
 
-def eval_batches(arrays: Batch, global_batch_size: int) -> Iterator[Batch]:
-    """Every example once, in order; the last batch is zero-padded and `mask` marks the real rows."""
-    num = len(next(iter(arrays.values())))
-    rows = process_rows(global_batch_size)
-    for start in range(0, num, global_batch_size):
-        stop = min(start + global_batch_size, num)
-        pad = global_batch_size - (stop - start)
-        batch = {k: np.concatenate([v[start:stop], np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in arrays.items()}
-        batch["mask"] = np.arange(global_batch_size) < stop - start
-        yield {k: v[rows] for k, v in batch.items()}
+class EvalBatches:
+    """Every example of `arrays` once, in order, as global batches of `global_batch_size` (this process's rows of
+    each); the last batch is zero-padded. Iterable again and sized (`len`: the number of batches).
+
+    Besides the arrays, each batch carries `mask` (bool [B], True on real rows) and `row` (int32 [B], each row's
+    index in the split, padding rows continuing past its end): the loop's evaluation keys per example (see
+    `task.row_keys`), the same for a row at every evaluation whatever the batch size.
+    """
+
+    def __init__(self, arrays: Batch, global_batch_size: int):
+        self.arrays, self.global_batch_size = arrays, global_batch_size
+        self.num = len(next(iter(arrays.values())))
+
+    def __len__(self) -> int:
+        return -(-self.num // self.global_batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        size, rows = self.global_batch_size, process_rows(self.global_batch_size)
+        for start in range(0, self.num, size):
+            stop = min(start + size, self.num)
+            pad = size - (stop - start)
+            batch = {k: np.concatenate([v[start:stop], np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in self.arrays.items()}
+            batch["mask"] = np.arange(size) < stop - start
+            batch["row"] = np.arange(start, start + size, dtype=np.int32)
+            yield {k: v[rows] for k, v in batch.items()}
 
 
-def eval_splits(held_out: dict[str, Batch], global_batch_size: int) -> dict[str, Callable[[], Iterator[Batch]]]:
-    """{split: arrays} -> {split: a callable giving that split's `eval_batches` afresh} (`Experiment.eval_data`)."""
-    return {split: functools.partial(eval_batches, arrays, global_batch_size) for split, arrays in held_out.items()}
+def eval_splits(held_out: dict[str, Batch], global_batch_size: int) -> dict[str, Callable[[], EvalBatches]]:
+    """{split: arrays} -> {split: a callable giving that split's `EvalBatches`} (`Experiment.eval_data`)."""
+    return {split: functools.partial(EvalBatches, arrays, global_batch_size) for split, arrays in held_out.items()}
 
 
 def to_global(batch: Batch, sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -11,11 +11,12 @@ import collections
 import json
 import pathlib
 import re
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from genjax.data.loader import Batch, eval_batches, process_rows
+from genjax import progress
+from genjax.data.loader import Batch, EvalBatches, process_rows
 from genjax.errors import GenjaxError
 
 PAD, UNK = 0, 1
@@ -74,7 +75,7 @@ class WordTokenizer:
     def train(cls, texts: Iterable[str], vocab_size: int) -> "WordTokenizer":
         if vocab_size < 3:
             raise GenjaxError(f"vocab_size={vocab_size} leaves no room for words beside <pad> and <unk>; use e.g. 20000")
-        counts = collections.Counter(piece for text in texts for piece in word_pieces(text))
+        counts = collections.Counter(piece for text in progress.track(texts, "training tokenizer", unit="texts") for piece in word_pieces(text))
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         return cls([word for word, _ in ranked[: vocab_size - 2]])
 
@@ -151,7 +152,7 @@ class TokenWindowLoader:
         return {"tokens": self.tokens[starts[self._rows][:, None] + self._offsets]}
 
 
-def eval_windows(tokens: np.ndarray, context: int, global_batch_size: int) -> Iterator[Batch]:
+def eval_windows(tokens: np.ndarray, context: int, global_batch_size: int) -> EvalBatches:
     """Non-overlapping windows of `context + 1` tokens (stride `context`) covering the stream, padded with `mask`.
 
     Every token after the first is predicted exactly once, except a final remainder
@@ -160,4 +161,4 @@ def eval_windows(tokens: np.ndarray, context: int, global_batch_size: int) -> It
     count = (len(tokens) - 1) // context
     starts = np.arange(count) * context
     windows = np.asarray(tokens, np.int32)[starts[:, None] + np.arange(context + 1)]
-    return eval_batches({"tokens": windows}, global_batch_size)
+    return EvalBatches({"tokens": windows}, global_batch_size)

@@ -10,6 +10,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from genjax import progress
 from genjax.errors import GenjaxError, first_line
 
 FILE = "tokenizer.json"
@@ -91,7 +92,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(BERT_SPECIAL)))
+    tokenizer.train_from_iterator(progress.track(texts, "training tokenizer", unit="texts"), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(BERT_SPECIAL)))
     cls, sep = (tokenizer.token_to_id(token) for token in ("[CLS]", "[SEP]"))
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
@@ -107,7 +108,7 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[GPT2_END], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.train_from_iterator(progress.track(texts, "training tokenizer", unit="texts"), trainer)
     return HFTokenizer(tokenizer)
 
 

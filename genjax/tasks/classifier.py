@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,7 +20,7 @@ from genjax.models.classifier import make_classifier
 from genjax.optim import Optimizer, make_optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step
-from genjax.task import TEST, VALIDATION, Experiment, num_train_steps
+from genjax.task import TEST, VALIDATION, EvalSums, Experiment, Task, num_train_steps
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -61,15 +60,16 @@ def save_confusion_matrix(confusion: np.ndarray, path: pathlib.Path, title: str)
 
 
 
-def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """Eval sums over the real rows: logits [B, C], labels int [B], mask bool [B] -> {loss, accuracy, count}."""
+def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array, rows: dict[str, jax.Array] | None = None) -> EvalSums:
+    """Eval sums {loss, accuracy} over the real rows, with their count: logits [B, C], labels int [B], mask bool [B];
+    `rows`: per-example values {name: [B, ...]} passed on to the loop."""
     mask = mask.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return {"loss": jnp.sum(loss * mask), "accuracy": jnp.sum(correct * mask), "count": mask.sum()}
+    return EvalSums({"loss": jnp.sum(loss * mask), "accuracy": jnp.sum(correct * mask)}, mask.sum(), rows or {})
 
 
-class ClassifierTask:
+class ClassifierTask(Task):
     """Softmax cross-entropy on uint8 images scaled to [0, 1]; optional on-device augmentation; dropout keys from the step rng."""
 
     def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, optimizer: Optimizer):
@@ -95,11 +95,11 @@ class ClassifierTask:
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
         return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
-    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> EvalSums:
         """Loss and accuracy sums, and `rows`: the predicted class [B] with the labels, for the final confusion matrix."""
         logits = self.model.apply({"params": eval_params(state)}, self._inputs(rng, batch["image"], train=False))
-        rows = {"prediction": jnp.argmax(logits, -1), "label": batch["label"], "mask": batch["mask"]}
-        return {**classification_sums(logits, batch["label"], batch["mask"]), "rows": rows}
+        rows = {"prediction": jnp.argmax(logits, -1), "label": batch["label"]}
+        return classification_sums(logits, batch["label"], batch["mask"], rows)
 
     def report(
         self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]

@@ -18,14 +18,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from genjax import vis
+from genjax import progress
 from genjax.errors import GenjaxError
 from genjax.models.gan import Discriminator, Generator
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.sample_quality import FeatureNetwork, real_data_calibration
 from genjax.state import TrainState, apply_gradients, create_train_state, eval_params, local_copy
-from genjax.task import TEST, VALIDATION
+from genjax.task import TEST, EvalSums, Task, row_keys
 
 NUM_GRID_SAMPLES = 64
 QUALITY_CHUNK = 1000
@@ -72,7 +72,7 @@ def to_signed(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 127.5 - 1.0
 
 
-class GANTask:
+class GANTask(Task):
     """DCGAN on uint8 digits. Networks "generator" (EMA, batch_stats in model_state) and "discriminator"."""
 
     report_metrics = ("classifier_is", "classifier_fid")  # what `report` adds to every evaluation
@@ -196,20 +196,15 @@ class GANTask:
         """z [N, latents] -> images [N, 28, 28, 1] in [0, 1] (batch norm in inference mode)."""
         return (self.generator.apply(variables, z, train=False) + 1.0) / 2.0
 
-    def _latents_of_rows(self, rng: jax.Array, rows: jax.Array) -> jax.Array:
-        """One latent vector per example index: rows [B] -> [B, latents], the same for a row at every evaluation."""
-        return jax.vmap(lambda row: jax.random.normal(jax.random.fold_in(rng, row), (self.latents,)))(rows)
-
-    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
-        """Sums of the discriminator's accuracy on real test images and on as many EMA-generator samples."""
-        fake = self.sample(self.sampling_variables(state), self._latents_of_rows(rng, batch["index"])) * 2.0 - 1.0
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> EvalSums:
+        """Sums of the discriminator's accuracy on real held-out images and on as many EMA-generator samples, one
+        latent per row (from its `row_keys`: the same sample for a row at every evaluation)."""
+        latents = jax.vmap(lambda key: jax.random.normal(key, (self.latents,)))(row_keys(rng, batch))
+        fake = self.sample(self.sampling_variables(state), latents) * 2.0 - 1.0
         real_logits, fake_logits = self._discriminate(state.params["discriminator"], to_signed(batch["image"]), fake)
         mask = batch["mask"].astype(jnp.float32)
-        return {
-            "d_real_accuracy": jnp.sum((real_logits > 0) * mask),
-            "d_fake_accuracy": jnp.sum((fake_logits < 0) * mask),
-            "count": mask.sum(),
-        }
+        sums = {"d_real_accuracy": jnp.sum((real_logits > 0) * mask), "d_fake_accuracy": jnp.sum((fake_logits < 0) * mask)}
+        return EvalSums(sums, mask.sum())
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def _sample_chunk(self, variables: dict, rng: jax.Array, index: jax.Array) -> jax.Array:
@@ -226,25 +221,26 @@ class GANTask:
             self._statistics[split] = self.feature_network.statistics(self.eval_images[split].astype(np.float32) / 255.0)
         return self._statistics[split]
 
+    def write_samples(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array) -> None:
+        """`<workdir>/samples/samples_<step>.png`: the EMA generator's images of the same fixed latents at every step."""
+        self.save_samples(workdir, step, self.sample(local_copy(self.sampling_variables(state)), self.grid_latents))
+
     def sample_quality(self, variables: dict, rng: jax.Array, split: str) -> dict[str, float]:
         """classifier_is and classifier_fid (to the held-out `split`) of `num_quality_samples` generator samples."""
         reference = self.statistics(split)[1:]  # first, as it checks that the task has its metric CNN
         chunks = -(-self.config.num_quality_samples // QUALITY_CHUNK)
-        images = jnp.concatenate([self._sample_chunk(variables, rng, i) for i in range(chunks)])
+        sampling = progress.track(range(chunks), f"sampling for classifier scores on {split}", unit="chunks")
+        images = jnp.concatenate([self._sample_chunk(variables, rng, i) for i in sampling])
         return self.feature_network.scores(images[: self.config.num_quality_samples], reference)
 
     def report(
         self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
     ) -> dict[str, float]:
-        """The EMA generator's classifier-IS/FID to `split`; at each validation a grid of its samples of fixed latents.
+        """The EMA generator's classifier-IS/FID to `split`.
 
         On the test split (the end) also the trained (non-EMA) generator's scores (`raw_` prefix) and the real data's own.
         """
-        variables = local_copy(self.sampling_variables(state))
-        if jax.process_index() == 0 and split == VALIDATION:
-            grid = jax.device_get(self.sample(variables, self.grid_latents))
-            vis.save_image_grid(grid, workdir / "samples" / f"samples_{step:07d}.png")
-        metrics = self.sample_quality(variables, rng, split)
+        metrics = self.sample_quality(local_copy(self.sampling_variables(state)), rng, split)
         if split == TEST:
             raw = self.sample_quality(local_copy(self.sampling_variables(state, ema=False)), rng, split)
             metrics.update({f"raw_{k}": v for k, v in raw.items()})

@@ -18,7 +18,7 @@ from genjax.models.transformer import DecoderLM
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step, with_values
-from genjax.task import VALIDATION
+from genjax.task import VALIDATION, EvalSums, Task
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -41,7 +41,7 @@ def model_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> Dec
     )
 
 
-class LanguageModelTask:
+class LanguageModelTask(Task):
     """Trains a `DecoderLM` on windows {'tokens': int32 [B, context + 1]}; metrics `loss` (nats/token) and the same
     in bits (`bits_name`: "bits_per_char" for a character tokenizer, "bits_per_token" for subwords).
 
@@ -84,13 +84,13 @@ class LanguageModelTask:
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
         return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
-    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> EvalSums:
         """Sums over the real windows of their mean nats per token (all windows have the same length)."""
         inputs, targets = split_window(batch["tokens"])
         per_window = token_cross_entropy(self.model.apply({"params": eval_params(state)}, inputs), targets).mean(-1)
         mask = batch["mask"].astype(jnp.float32)
         loss = jnp.sum(per_window * mask)
-        return {"loss": loss, self.bits_name: loss / math.log(2), "count": mask.sum()}
+        return EvalSums({"loss": loss, self.bits_name: loss / math.log(2)}, mask.sum())
 
     def sample(self, params, prompt: str, rng: jax.Array, length: int, temperature: float, top_k: int, num_samples: int = 1) -> list[str]:
         """`num_samples` continuations of `prompt`, each `length` tokens, decoded to text."""

@@ -3,19 +3,18 @@ a `BertMaskedLM` to recover the corrupted tokens. Shapes: B rows, L tokens."""
 
 from __future__ import annotations
 
-import pathlib
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from genjax.models.bert import BertMaskedLM
 from genjax.optim import Optimizer
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step
+from genjax.task import EvalSums, Task
 
 MASK_RATE = 0.15
 # of the selected tokens: this share becomes [MASK], the same share again a random token, the rest stays
@@ -40,7 +39,7 @@ def mask_tokens(
     return jnp.where(selected, corrupted, tokens), selected
 
 
-class MaskedLMTask:
+class MaskedLMTask(Task):
     """Trains a `BertMaskedLM` on {'tokens': int32 [B, L] (padding = the model's pad_id)}.
 
     Metrics, per selected token: `loss` (cross-entropy in nats) and `accuracy` (of the arg-max prediction).
@@ -72,8 +71,8 @@ class MaskedLMTask:
         """The params tree as PartitionSpecs of logical names ('vocab', 'embed', 'mlp', 'heads', 'kv')."""
         return nn.get_partition_spec(jax.eval_shape(self.init_state, jax.random.key(0), batch).params["model"])
 
-    def masked_sums(self, params, tokens: jax.Array, rng: jax.Array, row_weights: jax.Array, dropout_rng: jax.Array | None):
-        """{loss, accuracy, count}: sums over the selected tokens of rows weighted by `row_weights` [B]; no dropout
+    def masked_sums(self, params, tokens: jax.Array, rng: jax.Array, row_weights: jax.Array, dropout_rng: jax.Array | None) -> EvalSums:
+        """{loss, accuracy} and their count: sums over the selected tokens of rows weighted by `row_weights` [B]; no dropout
         when `dropout_rng` is None."""
         inputs, selected = mask_tokens(
             rng, tokens, mask_id=self.mask_id, vocab_size=self.model.vocab_size, special_ids=self.special_ids, rate=self.rate
@@ -85,23 +84,18 @@ class MaskedLMTask:
         weights = selected.astype(jnp.float32) * row_weights[:, None]
         correct = (jnp.argmax(logits, -1) == tokens).astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
-        return {"loss": jnp.sum(loss * weights), "accuracy": jnp.sum(correct * weights), "count": weights.sum()}
+        return EvalSums({"loss": jnp.sum(loss * weights), "accuracy": jnp.sum(correct * weights)}, weights.sum())
 
     def loss(self, params, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
         mask_rng, dropout_rng = jax.random.split(rng)
         sums = self.masked_sums(params, batch["tokens"], mask_rng, jnp.ones(batch["tokens"].shape[:1]), dropout_rng)
-        count = jnp.maximum(sums["count"], 1.0)
-        return sums["loss"] / count, {"accuracy": sums["accuracy"] / count}
+        count = jnp.maximum(sums.count, 1.0)
+        return sums.sums["loss"] / count, {"accuracy": sums.sums["accuracy"] / count}
 
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
         return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
-    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> EvalSums:
         """Sums over the selected tokens of the real rows, `count` being their number (so the loop's means are per
         token). Every evaluation masks with the same key, so its figures are comparable from one to the next."""
         return self.masked_sums(eval_params(state), batch["tokens"], rng, batch["mask"].astype(jnp.float32), None)
-
-    def report(
-        self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
-    ) -> dict[str, float]:
-        return {}

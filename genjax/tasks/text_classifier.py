@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import pathlib
 import sys
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,7 +19,7 @@ from genjax.models.transformer import EncoderClassifier
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step, with_values
-from genjax.task import TEST
+from genjax.task import TEST, EvalSums, Task
 from genjax.tasks.classifier import classification_sums
 
 
@@ -98,7 +97,7 @@ def positive_class_probability(logits: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits, -1)[:, 1]
 
 
-class TextClassifierTask:
+class TextClassifierTask(Task):
     """Trains a text classifier on {'tokens': int32 [B, L] (padding = the model's padding id), 'label': int32 [B]}.
 
     `model`: any module with `apply({"params": p}, tokens [B, L], deterministic=...) -> logits [B, 2]` (an
@@ -129,11 +128,11 @@ class TextClassifierTask:
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
         return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
-    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> EvalSums:
         """Loss and accuracy sums, and `rows`: P(label 1) [B] with the labels, for the final ROC-AUC."""
         logits = self.model.apply({"params": eval_params(state)}, batch["tokens"])
-        rows = {"probability": positive_class_probability(logits), "label": batch["label"], "mask": batch["mask"]}
-        return {**classification_sums(logits, batch["label"], batch["mask"]), "rows": rows}
+        rows = {"probability": positive_class_probability(logits), "label": batch["label"]}
+        return classification_sums(logits, batch["label"], batch["mask"], rows)
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def positive_probability(self, params, tokens: jax.Array) -> jax.Array:

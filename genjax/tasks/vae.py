@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from genjax import vis
+from genjax import progress
 from genjax.data.images import augment_digits, dynamic_binarization
 from genjax.errors import GenjaxError
 from genjax.models.upsample import UPSAMPLINGS
@@ -20,7 +20,7 @@ from genjax.models.vae import KINDS, VAE
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step
-from genjax.task import TEST, VALIDATION
+from genjax.task import TEST, VALIDATION, EvalSums, Task
 
 IWAE_CHUNK = 100  # importance samples per pass of the IWAE bound
 
@@ -81,7 +81,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise GenjaxError(f"iwae_samples={k} is not a multiple of {IWAE_CHUNK}; use e.g. {IWAE_CHUNK * max(1, round(k / IWAE_CHUNK))} (0 skips the IWAE bound)")
 
 
-class VAETask:
+class VAETask(Task):
     """Trains a VAE on uint8 digits; the model sees Bernoulli draws x ~ Bernoulli(pixel / 255).
 
     Statically binarised data arrives as 0/255, for which the draw is exact, so one
@@ -122,12 +122,12 @@ class VAETask:
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
         return single_network_step(self.loss, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
-    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+    def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> EvalSums:
         x = batch["image"].astype(jnp.float32) / 255.0  # the fixed binarisation: exactly 0 or 1
         logits, mean, logvar = self.model.apply({"params": eval_params(state)}, x, rng)
         nelbo, kl = neg_elbo(logits, x, mean, logvar)
         mask = batch["mask"].astype(jnp.float32)
-        return {"neg_elbo": jnp.sum(nelbo * mask), "kl": jnp.sum(kl * mask), "count": mask.sum()}
+        return EvalSums({"neg_elbo": jnp.sum(nelbo * mask), "kl": jnp.sum(kl * mask)}, mask.sum())
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def _reconstruct_and_sample(self, params, x: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -143,22 +143,23 @@ class VAETask:
         z = jnp.stack(jnp.meshgrid(q, q[::-1], indexing="xy"), -1).reshape(-1, 2)
         return jax.nn.sigmoid(self.model.apply({"params": params}, z, method=VAE.decode))
 
+    def write_samples(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array) -> None:
+        """Grids of 64 samples, of 32 validation images over their reconstructions and, with 2-d latents, the manifold."""
+        params = local_copy(eval_params(state))
+        x = self.eval_images[VALIDATION][:32].astype(np.float32) / 255.0
+        recon, samples = self._reconstruct_and_sample(params, x, rng)
+        self.save_samples(workdir, step, samples)
+        self.save_samples(workdir, step, np.concatenate([x, jax.device_get(recon)]), kind="reconstructions")
+        if self.config.model.latents == 2:
+            self.save_samples(workdir, step, self._manifold(params), kind="manifold", columns=16)
+
     def report(
         self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
     ) -> dict[str, float]:
-        """Sample and validation-reconstruction (and manifold) grids; at the end, the IWAE `nll` on the test split."""
-        params = local_copy(eval_params(state))
-        if jax.process_index() == 0 and split == VALIDATION:
-            x = self.eval_images[VALIDATION][:32].astype(np.float32) / 255.0
-            recon, samples = jax.device_get(self._reconstruct_and_sample(params, x, rng))
-            samples_dir = workdir / "samples"
-            vis.save_image_grid(np.concatenate([x, recon]), samples_dir / f"reconstructions_{step:07d}.png")
-            vis.save_image_grid(samples, samples_dir / f"samples_{step:07d}.png")
-            if self.config.model.latents == 2:
-                vis.save_image_grid(jax.device_get(self._manifold(params)), samples_dir / f"manifold_{step:07d}.png", 16)
+        """At the end, the IWAE `nll` on the test split (`iwae_samples` > 0)."""
         if split != TEST or self.config.iwae_samples <= 0:
             return {}
-        return {"nll": self.iwae_nll(params, rng, self.eval_images[TEST])}
+        return {"nll": self.iwae_nll(local_copy(eval_params(state)), rng, self.eval_images[TEST])}
 
     def iwae_nll(self, params, rng: jax.Array, images: np.ndarray) -> float:
         """Mean IWAE bound (nats per example) over `images` (uint8 0/255 [N, 28, 28, 1], a fixed binarisation)."""
@@ -166,7 +167,7 @@ class VAETask:
         chunk = min(k, IWAE_CHUNK)
         bound = jax.jit(functools.partial(iwae_log_likelihood, self.model, num_samples=k, chunk=chunk))
         total, batch = 0.0, 250
-        for start in range(0, len(images), batch):
+        for start in progress.track(range(0, len(images), batch), f"IWAE bound (k={k})"):
             x = images[start : start + batch].astype(np.float32) / 255.0
             total += float(jnp.sum(bound(params, x, jax.random.fold_in(rng, start))))
         return -total / len(images)
