@@ -86,7 +86,7 @@ class SizedLMTask(LanguageModelTask):
     """`LanguageModelTask` around a given model (no tokenizer: the tokens are synthetic, so no text samples)."""
 
     def __init__(self, config: ml_collections.ConfigDict, optimizer, model: GPT2):
-        self.config, self.optimizer, self.model, self.tokenizer = config, optimizer, model, None
+        super().__init__(config, optimizer, tokenizer=None, model=model, bits_name="bits_per_token")
 
     def report(self, state: TrainState, step, workdir, rng, split, rows) -> dict[str, float]:
         return {}

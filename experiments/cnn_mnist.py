@@ -6,6 +6,8 @@ Command:  python -m experiments.cnn_mnist --workdir runs/cnn_mnist
 Hardware: 2-core x86-64 CPU, no accelerator.
 Run time: 79 min wall for the 10 epochs (4,680 steps of 128, with augmentation) on a CPU heavily shared
           with other jobs (load average about 20; 7.7 min of user CPU); not timed on an idle machine.
+Splits:   trains on MNIST train[:55000]; validation is train[55000:]; test once at the end. The figures below were
+          taken before the validation split (training on all 60,000 images) and have not been re-run.
 Result:   test accuracy 99.41% (anchor: the Flax example, 99.17% after 10 epochs with SGD+momentum);
           macro precision 0.9941 / recall 0.9940 / F1 0.9941; `<workdir>/confusion_matrix.png` at the end.
 """

@@ -4,6 +4,7 @@ Command:  python -m experiments.mlp_mnist --workdir runs/mlp_mnist
 Hardware: 2-core x86-64 CPU, no accelerator.
 Run time: 17.7 min wall for the 20 epochs (9,360 steps of 128) on a CPU heavily shared with other jobs
           (load average about 20); not timed on an idle machine.
+Splits:   trains on MNIST train[:55000]; validation is train[55000:] (each epoch); test once at the end.
 Result:   test accuracy 98.70% (anchor: the Keras example, 98.40% after 20 epochs with RMSprop);
           macro precision 0.9870 / recall 0.9868 / F1 0.9869; `<workdir>/confusion_matrix.png` at the end.
 """

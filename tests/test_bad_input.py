@@ -149,7 +149,7 @@ def test_vae_setting_it_cannot_use_fails_before_training(setting, value, fragmen
 
 def test_batch_size_not_divisible_by_the_devices(tmp_path, compile_cache):
     line = error_line(run_vae(tmp_path / "w", compile_cache, env=emulated_cpu_env(2), batch_size=33))
-    assert "batch_size=33" in line and "not divisible" in line and "2 devices" in line
+    assert "batch_size=33 is not divisible by data x fsdp = 2" in line and "--config.batch_size=32" in line
     assert faults.committed_steps(tmp_path / "w") == []
 
 
