@@ -98,10 +98,14 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_good_one(damage, p
     vae_mnist.train_and_evaluate(tiny_config(), workdir)
 
     out, err = capsys.readouterr()
+    # orbax may also report an "Exception ignored in <coroutine ...>" of its own on stderr (timing-dependent),
+    # so the warnings are read line by line: each names the root cause, not orbax's wrapper around it.
+    warnings = [line for line in err.splitlines() if line.startswith("warning: checkpoint ")]
     for step in DAMAGES[damage]:
-        assert f"warning: checkpoint {workdir.absolute() / 'checkpoints' / str(step)} is damaged" in err
+        prefix = f"warning: checkpoint {workdir.absolute() / 'checkpoints' / str(step)} is damaged ("
+        (warning,) = [line for line in warnings if line.startswith(prefix)]
+        assert "<bound method" not in warning
         assert (workdir / "damaged_checkpoints" / str(step)).is_dir()
-    assert "<bound method" not in err  # the reason is the root cause, not orbax's wrapper around it
     assert f"resumed from {workdir.absolute() / 'checkpoints' / str(good)} (step {good})" in out
     assert faults.committed_steps(workdir) == [10, 20, 30]
     faults.assert_bit_identical(
