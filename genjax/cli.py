@@ -7,6 +7,7 @@ import gc
 import logging
 import pathlib
 import sys
+import threading
 import traceback
 from typing import Callable, Sequence
 
@@ -67,9 +68,9 @@ class _LibraryLog:
 
 def _route_library_messages(argv: Sequence[str]) -> _LibraryLog:
     """Sends the libraries' log records (orbax's tracebacks of a failed write) and the exceptions Python reports
-    but cannot raise (orbax's dropped reads of a damaged checkpoint: hundreds of lines) to `<workdir>/library.log`,
-    so that genjax's one-line error stays readable. Changes the process's logging and `sys.unraisablehook`: for
-    the program's entry point only."""
+    but cannot raise (orbax's dropped reads of a damaged checkpoint: hundreds of lines; TensorBoard's writer thread
+    on a full disk) to `<workdir>/library.log`, so that genjax's one-line error stays readable. Changes the
+    process's logging, `sys.unraisablehook` and `threading.excepthook`: for the program's entry point only."""
     workdir = argparse.ArgumentParser(add_help=False)
     workdir.add_argument("--workdir")
     log = _LibraryLog(workdir.parse_known_args(argv)[0].workdir)
@@ -81,6 +82,10 @@ def _route_library_messages(argv: Sequence[str]) -> _LibraryLog:
     root.addHandler(handler)
     sys.unraisablehook = lambda unraisable: log.write(
         f"Exception ignored in {unraisable.object!r}:\n" + "".join(traceback.format_exception(unraisable.exc_value))
+    )
+    threading.excepthook = lambda failed: log.write(
+        f"Exception in thread {failed.thread.name if failed.thread else '?'}:\n"
+        + "".join(traceback.format_exception(failed.exc_value))
     )
     return log
 

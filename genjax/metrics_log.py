@@ -38,32 +38,50 @@ def _add_scalars(writer, step: int, split: str, scalars: dict[str, float]) -> No
 class MetricLogger:
     """Writes scalars per (step, split); only process 0 writes, the others are no-ops.
 
-    A failed write (a full disk, permissions) raises GenjaxError naming the file.
+    A failed write (a full disk, permissions) raises GenjaxError naming the file or the TensorBoard directory.
     """
 
     def __init__(self, workdir: pathlib.Path):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        self.path = workdir / METRICS_FILE
+        self.path, self.events, self.failed = workdir / METRICS_FILE, workdir / TENSORBOARD_DIR, False
         with _write_errors(self.path):
             self.jsonl = open(self.path, "a")
-            self.tensorboard = _summary_writer(workdir / TENSORBOARD_DIR)
+        with _write_errors(self.events):
+            self.tensorboard = _summary_writer(self.events)
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         scalars = {k: _to_float(v) for k, v in metrics.items()}
-        with _write_errors(self.path):
+        with self._reporting_failure(self.path):
             self.jsonl.write(json.dumps({"step": int(step), "split": split, **scalars}) + "\n")
             self.jsonl.flush()
+        with self._reporting_failure(self.events):
             _add_scalars(self.tensorboard, step, split, scalars)
             self.tensorboard.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            self.jsonl.close()
-            self.tensorboard.close()
+        """Closes both sinks; after a failed write it closes them quietly (that failure is being reported)."""
+        if not self.enabled:
+            return
+        for sink, path in ((self.jsonl, self.path), (self.tensorboard, self.events)):
+            if self.failed:
+                with contextlib.suppress(OSError):
+                    sink.close()
+            else:
+                with self._reporting_failure(path):
+                    sink.close()
+
+    @contextlib.contextmanager
+    def _reporting_failure(self, path: pathlib.Path) -> Iterator[None]:
+        try:
+            with _write_errors(path):
+                yield
+        except GenjaxError:
+            self.failed = True
+            raise
 
 
 @contextlib.contextmanager

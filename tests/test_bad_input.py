@@ -241,6 +241,39 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoints(workdir_copy, tmp
     assert {k: v for k, v in after.items() if not k.startswith("30.orbax-checkpoint-tmp")} == before
 
 
+# A full filesystem put in place of one metrics sink, in a private mount namespace: the run resumed at step 20
+# fails at its step-30 log line, which comes before the step-30 checkpoint. The copied metrics.jsonl is padded
+# with blank lines (which readers skip) to a whole tmpfs page, or the next line would fit in its last page.
+FILL_SINK = {
+    "metrics.jsonl": (
+        "cp '{run}/metrics.jsonl' '{full}/' && size=$(stat -c %s '{full}/metrics.jsonl') && "
+        "head -c $(( (4096 - size % 4096) % 4096 )) /dev/zero | tr '\\0' '\\n' >> '{full}/metrics.jsonl' && "
+        "mount --bind '{full}/metrics.jsonl' '{run}/metrics.jsonl'"
+    ),
+    "tensorboard": "mount --bind '{full}' '{run}/tensorboard'",
+}
+
+
+@pytest.mark.parametrize("sink", list(FILL_SINK))
+def test_disk_full_while_logging_metrics_is_one_line_and_keeps_the_checkpoints(sink, workdir_copy, tmp_path, compile_cache):
+    full = tmp_path / "full"
+    full.mkdir()
+    if not _can_mount_tmpfs(full):
+        pytest.skip("cannot mount a private tmpfs here (no user namespaces)")
+    before = faults.tree_snapshot(workdir_copy / "checkpoints")
+    cmd = " ".join(f"'{c}'" for c in faults.command(VAE, workdir_copy, **{**TINY, "num_train_steps": 30}))
+    script = (
+        f"mount -t tmpfs -o size=64k tmpfs '{full}' && "
+        + FILL_SINK[sink].format(run=workdir_copy, full=full)
+        + f" && {{ dd if=/dev/zero of='{full}/filler' bs=4k 2>/dev/null; true; }} && {cmd}"
+    )
+    done = faults.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], faults.environment(compile_cache))
+    line = error_line(done)  # TensorBoard's writer thread and its exit-time flush report to library.log, not stderr
+    assert f"writing {workdir_copy / sink} failed (No space left on device)" in line and "free disk space" in line
+    assert faults.committed_steps(workdir_copy) == [10, 20]
+    assert faults.tree_snapshot(workdir_copy / "checkpoints") == before
+
+
 @pytest.mark.parametrize(
     "overrides, fragment",
     [

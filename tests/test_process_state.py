@@ -12,7 +12,7 @@ import sys
 from conftest import REPO
 
 SCRIPT = """
-import json, logging, signal, sys, tempfile
+import json, logging, signal, sys, tempfile, threading
 import jax
 
 def loops_in_a_draw():
@@ -25,6 +25,7 @@ def process_state():
         "root_handlers": [repr(h) for h in logging.getLogger().handlers],
         "asyncio_filters": len(logging.getLogger("asyncio").filters),
         "unraisablehook": repr(sys.unraisablehook),
+        "thread_excepthook": repr(threading.excepthook),
     }
 
 from experiments import vae_mnist
