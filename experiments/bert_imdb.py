@@ -316,15 +316,11 @@ def export(workdir: str | pathlib.Path, out: pathlib.Path, best: bool = False) -
     return trained.architecture
 
 
-def main(argv: Sequence[str]) -> None:
-    command, rest = (argv[0], argv[1:]) if argv and argv[0] in ("pretrain", "predict", "export") else ("train", argv)
-    if command == "predict":
-        return predict_main(rest, f"{PROG} predict", predict)
-    if command == "export":
-        return export_main(rest, f"{PROG} export", export)
-    flags, config = cli.parse(rest, get_pretrain_config if command == "pretrain" else get_config, __doc__)
-    (pretrain if command == "pretrain" else train_and_evaluate)(config, flags.workdir)
-
+SUBCOMMANDS = {
+    "pretrain": cli.experiment_main(get_pretrain_config, pretrain, __doc__),
+    "predict": lambda argv: predict_main(argv, f"{PROG} predict", predict),
+    "export": lambda argv: export_main(argv, f"{PROG} export", export),
+}
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    cli.run_main(cli.experiment_main(get_config, train_and_evaluate, __doc__, SUBCOMMANDS))

@@ -140,10 +140,9 @@ def sample(
 
 
 def main(argv: Sequence[str]) -> None:
-    if argv and argv[0] == "sample":
-        return sample_main(argv[1:], "python -m experiments.charlm_shakespeare sample", sample)
-    flags, config = cli.parse(argv, lambda: get_config(_recipe(argv)), __doc__)
-    train_and_evaluate(config, flags.workdir)
+    """The shared entry point; `--config.recipe` picks the defaults the other flags then override."""
+    subcommands = {"sample": lambda rest: sample_main(rest, "python -m experiments.charlm_shakespeare sample", sample)}
+    cli.experiment_main(lambda: get_config(_recipe(argv)), train_and_evaluate, __doc__, subcommands)(argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from typing import Sequence
 
 import jax
 import ml_collections
@@ -149,14 +148,10 @@ def export(workdir: str | pathlib.Path, out: pathlib.Path, best: bool = False) -
     return ARCHITECTURE
 
 
-def main(argv: Sequence[str]) -> None:
-    if argv and argv[0] == "sample":
-        return sample_main(argv[1:], f"{PROG} sample", sample, default_length=100)
-    if argv and argv[0] == "export":
-        return export_main(argv[1:], f"{PROG} export", export)
-    flags, config = cli.parse(argv, get_config, __doc__)
-    train_and_evaluate(config, flags.workdir)
-
+SUBCOMMANDS = {
+    "sample": lambda argv: sample_main(argv, f"{PROG} sample", sample, default_length=100),
+    "export": lambda argv: export_main(argv, f"{PROG} export", export),
+}
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    cli.run_main(cli.experiment_main(get_config, train_and_evaluate, __doc__, SUBCOMMANDS))

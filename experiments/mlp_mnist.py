@@ -11,41 +11,26 @@ Result:   test accuracy 98.70% (anchor: the Keras example, 98.40% after 20 epoch
 
 from __future__ import annotations
 
-import pathlib
-from typing import Sequence
-
 import ml_collections
 
 from genjax import cli, loop
-from genjax.optim import optimizer_config
-from genjax.task import Experiment, loop_config
-from genjax.tasks.classifier import build_experiment
+from genjax.task import Experiment
+from genjax.tasks.classifier import build_experiment, digit_classifier_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = loop_config(num_epochs=20, batch_size=128, eval_batch_size=1000, checkpoint_every=2000)
-    config.dataset = "mnist"
-    config.validation_examples = 5000  # the last 5,000 train images (train[55000:]): the validation split, never trained on
-    config.model = ml_collections.ConfigDict(dict(kind="mlp", hidden=(512, 512), dropout_rate=0.2))
-    config.data = ml_collections.ConfigDict(dict(augment=False))
-    config.optimizer = optimizer_config(
-        name="adam", learning_rate=1e-3, schedule="warmup_cosine", warmup_steps=200, end_lr_factor=0.01
+    return digit_classifier_config(
+        model=dict(kind="mlp", hidden=(512, 512), dropout_rate=0.2), augment=False, num_epochs=20, learning_rate=1e-3,
+        checkpoint_every=2000,
     )
-    return config
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
     return build_experiment(config, "mlp_mnist")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    return loop.train_and_evaluate(config, workdir, build(config))
-
-
-def main(argv: Sequence[str]) -> None:
-    flags, config = cli.parse(argv, get_config, __doc__)
-    train_and_evaluate(config, flags.workdir)
+train_and_evaluate = loop.trainer(build)
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    cli.run_main(cli.experiment_main(get_config, train_and_evaluate, __doc__))

@@ -130,12 +130,7 @@ def predict(
     return [Prediction(LABELS[int(p >= 0.5)], float(p), len(row), min(len(row), config.max_len)) for p, row in zip(probabilities, ids)]
 
 
-def main(argv: Sequence[str]) -> None:
-    if argv and argv[0] == "predict":
-        return predict_main(argv[1:], "python -m experiments.transformer_imdb predict", predict)
-    flags, config = cli.parse(argv, get_config, __doc__)
-    train_and_evaluate(config, flags.workdir)
-
+SUBCOMMANDS = {"predict": lambda argv: predict_main(argv, "python -m experiments.transformer_imdb predict", predict)}
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    cli.run_main(cli.experiment_main(get_config, train_and_evaluate, __doc__, SUBCOMMANDS))

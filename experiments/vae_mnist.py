@@ -16,9 +16,6 @@ Result:   test neg_elbo 99.79 nats (single-sample ELBO; target <= 100) and IWAE 
 
 from __future__ import annotations
 
-import pathlib
-from typing import Sequence
-
 import ml_collections
 import numpy as np
 
@@ -75,14 +72,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    return loop.train_and_evaluate(config, workdir, build(config))
-
-
-def main(argv: Sequence[str]) -> None:
-    flags, config = cli.parse(argv, get_config, __doc__)
-    train_and_evaluate(config, flags.workdir)
+train_and_evaluate = loop.trainer(build)
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    cli.run_main(cli.experiment_main(get_config, train_and_evaluate, __doc__))

@@ -41,6 +41,26 @@ def parse(argv: Sequence[str], get_config: Callable[[], ml_collections.ConfigDic
     return flags, config
 
 
+def experiment_main(
+    get_config: Callable[[], ml_collections.ConfigDict],
+    train: Callable[[ml_collections.ConfigDict, str], object],
+    description: str,
+    subcommands: dict[str, Callable[[Sequence[str]], object]] | None = None,
+) -> Callable[[Sequence[str]], None]:
+    """The `main(argv)` of an experiment, for `run_main`: `NAME ARGS...` runs subcommand NAME on ARGS (predict,
+    sample, export, pretrain); any other argv trains: `--workdir DIR --config.KEY=VALUE ...` parsed into
+    `get_config()` (see `parse`), then `train(config, workdir)`."""
+
+    def main(argv: Sequence[str]) -> None:
+        if argv and subcommands and argv[0] in subcommands:
+            subcommands[argv[0]](argv[1:])
+            return
+        flags, config = parse(argv, get_config, description)
+        train(config, flags.workdir)
+
+    return main
+
+
 LIBRARY_LOG = "library.log"  # in the workdir: what the libraries log while genjax reports the failure in one line
 
 

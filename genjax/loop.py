@@ -275,6 +275,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         return _train_locked(config, workdir, experiment)
 
 
+def trainer(build: Callable[[ml_collections.ConfigDict], Experiment]) -> Callable[[ml_collections.ConfigDict, str | pathlib.Path], dict[str, float]]:
+    """`train_and_evaluate(config, workdir)` of an experiment whose `build(config)` is all it needs."""
+    return lambda config, workdir: train_and_evaluate(config, workdir, build(config))
+
+
 def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, experiment: Experiment) -> dict[str, float]:
     task, total_steps = experiment.task, experiment.num_train_steps
     is_main = jax.process_index() == 0

@@ -82,6 +82,11 @@ def _latest_step_dir(path: pathlib.Path) -> pathlib.Path | None:
     return None
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def _logits_and_features(model: CNN, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return model.apply({"params": params}, images, method=CNN.logits_and_features)
+
+
 class FeatureNetwork:
     """The trained digit CNN whose logits (IS) and penultimate features (FID) define the metrics."""
 
@@ -89,13 +94,9 @@ class FeatureNetwork:
         self.params = params
         self.model = model
 
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def _apply(self, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.model.apply({"params": params}, images, method=CNN.logits_and_features)
-
     def logits_and_features(self, images: np.ndarray | jax.Array, batch_size: int = 1000) -> tuple[jax.Array, jax.Array]:
         """images [N, 28, 28, 1] in [0, 1] -> (logits [N, 10], features [N, 256]), `batch_size` at a time."""
-        outputs = [self._apply(self.params, images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        outputs = [_logits_and_features(self.model, self.params, images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
         return jnp.concatenate([o[0] for o in outputs]), jnp.concatenate([o[1] for o in outputs])
 
     def statistics(self, images: np.ndarray | jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -5,6 +5,7 @@ same predictions, predict, and bad starting points that stop with one line befor
 from __future__ import annotations
 
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -114,7 +115,7 @@ def test_predict_on_the_fine_tuned_run(fine_tuned, tmp_path):
     assert (tmp_path / "attention.png").stat().st_size > 1000
     with pytest.raises(GenjaxError, match="text 2 is empty"):
         bert_imdb.predict(fine_tuned, ["fine", "   "])
-    out = faults.run(["python", "-m", "experiments.bert_imdb", "predict", "--workdir", str(fine_tuned), "great fun", "--best"], faults.environment())
+    out = faults.run([sys.executable, "-m", "experiments.bert_imdb", "predict", "--workdir", str(fine_tuned), "great fun", "--best"], faults.environment())
     assert out.returncode == 0 and out.stdout.count("P(pos)=") == 1, out.stderr[-2000:]
 
 

@@ -17,10 +17,10 @@ from genjax.data.images import augment_digits
 from genjax.data.loader import ShuffledArrayLoader, eval_splits
 from genjax.data.splits import hold_out
 from genjax.models.classifier import make_classifier
-from genjax.optim import Optimizer, make_optimizer
+from genjax.optim import Optimizer, make_optimizer, optimizer_config
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step
-from genjax.task import TEST, VALIDATION, EvalSums, Experiment, Task, num_train_steps
+from genjax.task import TEST, VALIDATION, EvalSums, Experiment, Task, loop_config, num_train_steps
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -113,6 +113,22 @@ class ClassifierTask(Task):
             title = f"test confusion matrix, step {step}, accuracy {100 * metrics['accuracy']:.2f}%"
             save_confusion_matrix(confusion, workdir / "confusion_matrix.png", title)
         return {k: v for k, v in metrics.items() if k != "accuracy"}  # accuracy comes from eval_step
+
+
+def digit_classifier_config(
+    model: dict, augment: bool, num_epochs: int, learning_rate: float, checkpoint_every: int
+) -> ml_collections.ConfigDict:
+    """The config the MNIST classifiers share (batches of 128, Adam with 200 warmup steps then cosine decay to 1% of
+    `learning_rate`, the last 5,000 train images as validation) around their own model, augmentation and schedule."""
+    config = loop_config(num_epochs=num_epochs, batch_size=128, eval_batch_size=1000, checkpoint_every=checkpoint_every)
+    config.dataset = "mnist"
+    config.validation_examples = 5000  # the last 5,000 train images (train[55000:]): the validation split, never trained on
+    config.model = ml_collections.ConfigDict(model)
+    config.data = ml_collections.ConfigDict(dict(augment=augment))  # augment: small random rotation/zoom/shift
+    config.optimizer = optimizer_config(
+        name="adam", learning_rate=learning_rate, schedule="warmup_cosine", warmup_steps=200, end_lr_factor=0.01
+    )
+    return config
 
 
 def build_experiment(config: ml_collections.ConfigDict, name: str) -> Experiment:

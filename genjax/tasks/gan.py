@@ -72,6 +72,18 @@ def to_signed(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 127.5 - 1.0
 
 
+@functools.partial(jax.jit, static_argnames="generator")
+def generate(generator: Generator, variables: dict, z: jax.Array) -> jax.Array:
+    """z [N, latents] -> images [N, 28, 28, 1] in [0, 1] (batch norm in inference mode)."""
+    return (generator.apply(variables, z, train=False) + 1.0) / 2.0
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "latents"))
+def generate_chunk(generator: Generator, latents: int, variables: dict, rng: jax.Array, index: jax.Array) -> jax.Array:
+    """The `index`-th chunk of QUALITY_CHUNK images [QUALITY_CHUNK, 28, 28, 1] drawn from `rng`."""
+    return generate(generator, variables, jax.random.normal(jax.random.fold_in(rng, index), (QUALITY_CHUNK, latents)))
+
+
 class GANTask(Task):
     """DCGAN on uint8 digits. Networks "generator" (EMA, batch_stats in model_state) and "discriminator"."""
 
@@ -191,24 +203,15 @@ class GANTask(Task):
         params = eval_params(state, "generator") if ema else state.params["generator"]
         return {"params": params, "batch_stats": state.model_state["generator"]}
 
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def sample(self, variables: dict, z: jax.Array) -> jax.Array:
-        """z [N, latents] -> images [N, 28, 28, 1] in [0, 1] (batch norm in inference mode)."""
-        return (self.generator.apply(variables, z, train=False) + 1.0) / 2.0
-
     def eval_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> EvalSums:
         """Sums of the discriminator's accuracy on real held-out images and on as many EMA-generator samples, one
         latent per row (from its `row_keys`: the same sample for a row at every evaluation)."""
         latents = jax.vmap(lambda key: jax.random.normal(key, (self.latents,)))(row_keys(rng, batch))
-        fake = self.sample(self.sampling_variables(state), latents) * 2.0 - 1.0
+        fake = generate(self.generator, self.sampling_variables(state), latents) * 2.0 - 1.0
         real_logits, fake_logits = self._discriminate(state.params["discriminator"], to_signed(batch["image"]), fake)
         mask = batch["mask"].astype(jnp.float32)
         sums = {"d_real_accuracy": jnp.sum((real_logits > 0) * mask), "d_fake_accuracy": jnp.sum((fake_logits < 0) * mask)}
         return EvalSums(sums, mask.sum())
-
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def _sample_chunk(self, variables: dict, rng: jax.Array, index: jax.Array) -> jax.Array:
-        return self.sample(variables, jax.random.normal(jax.random.fold_in(rng, index), (QUALITY_CHUNK, self.latents)))
 
     def statistics(self, split: str) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The held-out `split`'s (logits, feature mean, feature covariance), computed once: its FID reference."""
@@ -223,14 +226,14 @@ class GANTask(Task):
 
     def write_samples(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array) -> None:
         """`<workdir>/samples/samples_<step>.png`: the EMA generator's images of the same fixed latents at every step."""
-        self.save_samples(workdir, step, self.sample(local_copy(self.sampling_variables(state)), self.grid_latents))
+        self.save_samples(workdir, step, generate(self.generator, local_copy(self.sampling_variables(state)), self.grid_latents))
 
     def sample_quality(self, variables: dict, rng: jax.Array, split: str) -> dict[str, float]:
         """classifier_is and classifier_fid (to the held-out `split`) of `num_quality_samples` generator samples."""
         reference = self.statistics(split)[1:]  # first, as it checks that the task has its metric CNN
         chunks = -(-self.config.num_quality_samples // QUALITY_CHUNK)
         sampling = progress.track(range(chunks), f"sampling for classifier scores on {split}", unit="chunks")
-        images = jnp.concatenate([self._sample_chunk(variables, rng, i) for i in sampling])
+        images = jnp.concatenate([generate_chunk(self.generator, self.latents, variables, rng, i) for i in sampling])
         return self.feature_network.scores(images[: self.config.num_quality_samples], reference)
 
     def report(

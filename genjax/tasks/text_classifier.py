@@ -97,6 +97,12 @@ def positive_class_probability(logits: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits, -1)[:, 1]
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def positive_probability(model: nn.Module, params, tokens: jax.Array) -> jax.Array:
+    """P(label 1): tokens int32 [B, L] -> [B]."""
+    return positive_class_probability(model.apply({"params": params}, tokens))
+
+
 class TextClassifierTask(Task):
     """Trains a text classifier on {'tokens': int32 [B, L] (padding = the model's padding id), 'label': int32 [B]}.
 
@@ -134,15 +140,10 @@ class TextClassifierTask(Task):
         rows = {"probability": positive_class_probability(logits), "label": batch["label"]}
         return classification_sums(logits, batch["label"], batch["mask"], rows)
 
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def positive_probability(self, params, tokens: jax.Array) -> jax.Array:
-        """P(label 1): tokens int32 [B, L] -> [B]."""
-        return positive_class_probability(self.model.apply({"params": params}, tokens))
-
     def probabilities(self, params, tokens: np.ndarray) -> np.ndarray:
         """P(label 1) for every row of tokens [N, L] (all rows, on every process), in batches of `eval_batch_size`."""
         size = self.config.eval_batch_size
-        return np.concatenate([np.asarray(self.positive_probability(params, tokens[i : i + size])) for i in range(0, len(tokens), size)])
+        return np.concatenate([np.asarray(positive_probability(self.model, params, tokens[i : i + size])) for i in range(0, len(tokens), size)])
 
     def report(
         self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]

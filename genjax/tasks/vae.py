@@ -25,6 +25,24 @@ from genjax.task import TEST, VALIDATION, EvalSums, Task
 IWAE_CHUNK = 100  # importance samples per pass of the IWAE bound
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def reconstruct_and_sample(model: VAE, params, x: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """images x [N, 28, 28, 1] in [0, 1] -> (decoder means of their posterior means [N, 28, 28, 1],
+    decoder means of 64 prior draws [64, 28, 28, 1])."""
+    mean, _ = model.apply({"params": params}, x, method=VAE.encode)
+    recon = jax.nn.sigmoid(model.apply({"params": params}, mean, method=VAE.decode))
+    z = jax.random.normal(rng, (64, model.latents))
+    return recon, jax.nn.sigmoid(model.apply({"params": params}, z, method=VAE.decode))
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def manifold(model: VAE, params) -> jax.Array:
+    """Decoder means [256, 28, 28, 1] over a 16x16 grid of normal quantiles (2-d latents only)."""
+    q = jax.scipy.stats.norm.ppf(jnp.linspace(0.03, 0.97, 16))
+    z = jnp.stack(jnp.meshgrid(q, q[::-1], indexing="xy"), -1).reshape(-1, 2)
+    return jax.nn.sigmoid(model.apply({"params": params}, z, method=VAE.decode))
+
+
 def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
     """log p(x | logits) summed over pixels: logits, x [B, ...] -> [B].
 
@@ -129,29 +147,15 @@ class VAETask(Task):
         mask = batch["mask"].astype(jnp.float32)
         return EvalSums({"neg_elbo": jnp.sum(nelbo * mask), "kl": jnp.sum(kl * mask)}, mask.sum())
 
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def _reconstruct_and_sample(self, params, x: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mean, _ = self.model.apply({"params": params}, x, method=VAE.encode)
-        recon = jax.nn.sigmoid(self.model.apply({"params": params}, mean, method=VAE.decode))
-        z = jax.random.normal(rng, (64, self.config.model.latents))
-        return recon, jax.nn.sigmoid(self.model.apply({"params": params}, z, method=VAE.decode))
-
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def _manifold(self, params) -> jax.Array:
-        """Decoder means over a 16x16 grid of normal quantiles (2-d latents only)."""
-        q = jax.scipy.stats.norm.ppf(jnp.linspace(0.03, 0.97, 16))
-        z = jnp.stack(jnp.meshgrid(q, q[::-1], indexing="xy"), -1).reshape(-1, 2)
-        return jax.nn.sigmoid(self.model.apply({"params": params}, z, method=VAE.decode))
-
     def write_samples(self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array) -> None:
         """Grids of 64 samples, of 32 validation images over their reconstructions and, with 2-d latents, the manifold."""
         params = local_copy(eval_params(state))
         x = self.eval_images[VALIDATION][:32].astype(np.float32) / 255.0
-        recon, samples = self._reconstruct_and_sample(params, x, rng)
+        recon, samples = reconstruct_and_sample(self.model, params, x, rng)
         self.save_samples(workdir, step, samples)
         self.save_samples(workdir, step, np.concatenate([x, jax.device_get(recon)]), kind="reconstructions")
         if self.config.model.latents == 2:
-            self.save_samples(workdir, step, self._manifold(params), kind="manifold", columns=16)
+            self.save_samples(workdir, step, manifold(self.model, params), kind="manifold", columns=16)
 
     def report(
         self, state: TrainState, step: int, workdir: pathlib.Path, rng: jax.Array, split: str, rows: dict[str, np.ndarray]
