@@ -37,7 +37,7 @@ def test_bad_overrides_name_the_key(arg, message):
 
 def test_entry_point_prints_one_error_line_and_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(vae_mnist.main, ["--workdir", "unused", "--config.optimizer.lr=3"])
+        cli.run_main(cli.experiment_main(vae_mnist.get_config, vae_mnist.train_and_evaluate, vae_mnist.__doc__), ["--workdir", "unused", "--config.optimizer.lr=3"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown config key 'optimizer.lr'")
