@@ -30,7 +30,7 @@ NAME = "sized_transformers"
 # --size names of each family -> genjax/models/sizes.py names
 SIZES = {
     "gpt2": {"tiny": "gpt2-tiny", "124m": "gpt2", "355m": "gpt2-medium", "774m": "gpt2-large", "1.5b": "gpt2-xl"},
-    "bert": {"tiny": "bert-tiny", "base": "bert-base", "large": "bert-large"},
+    "bert": {"tiny": "bert-tiny", "mini": "bert-mini", "base": "bert-base", "large": "bert-large"},
 }
 STREAM_TOKENS = {TEST: 1 << 14, VALIDATION: 1 << 14}  # held-out stream lengths; the training stream: `train_tokens`
 ZIPF_EXPONENT = 1.2
@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         dict(
             family="gpt2",  # gpt2 | bert
-            size="tiny",  # gpt2: tiny | 124m | 355m | 774m | 1.5b; bert: tiny | base | large
+            size="tiny",  # gpt2: tiny | 124m | 355m | 774m | 1.5b; bert: tiny | mini | base | large
             num_layers=0,  # 0: the size's
             num_heads=0,  # 0: the size's; else a head count dividing the width (e.g. for a tensor axis of 8)
             remat="none",  # none | full | dots (see genjax/models/transformer.py REMAT_POLICIES)

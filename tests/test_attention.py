@@ -204,7 +204,7 @@ def test_bert_and_gpt2_parameters_carry_logical_names_in_uniform_blocks(model):
     from genjax.models.sizes import size
 
     module = {"BertClassifier": bert.BertClassifier, "BertMaskedLM": bert.BertMaskedLM, "GPT2": gpt2.GPT2}[model]
-    boxed = jax.eval_shape(module(**size("gpt2-tiny" if model == "GPT2" else "bert-tiny")).init, jax.random.key(0), random_tokens((1, 8)))
+    boxed = jax.eval_shape(module(**size("gpt2-tiny" if model == "GPT2" else "bert-test")).init, jax.random.key(0), random_tokens((1, 8)))
     boxed = boxed["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert all(isinstance(leaf, nn.Partitioned) for leaf in leaves)

@@ -22,7 +22,7 @@ from genjax.hf.tokenizer import bert_inputs, train_wordpiece
 from genjax.metrics_log import read_metrics
 from test_reliability_preemption import Lines
 
-# Tiny but real: bert-tiny, 64-token rows, a few hundred reviews; validation and test slices of 100 reviews.
+# Tiny but real: bert-test, 64-token rows, a few hundred reviews; validation and test slices of 100 reviews.
 DATA = dict(train_examples=400, validation_examples=100, test_examples=100, download=False)
 PRETRAIN = dict(
     DATA, unsupervised_examples=400, vocab_size=1000, max_len=64, num_train_steps=50, batch_size=32, eval_batch_size=100,
@@ -45,7 +45,7 @@ def configure(config, settings: dict, **model):
 @pytest.fixture(scope="module")
 def pretraining(tmp_path_factory, data_dir) -> tuple[pathlib.Path, dict]:
     workdir = tmp_path_factory.mktemp("bert_pretrain")
-    config = configure(bert_imdb.get_pretrain_config(), {**PRETRAIN, "optimizer.learning_rate": 3e-3, "optimizer.warmup_steps": 5}, size="bert-tiny", dropout=0.0)
+    config = configure(bert_imdb.get_pretrain_config(), {**PRETRAIN, "optimizer.learning_rate": 3e-3, "optimizer.warmup_steps": 5}, size="bert-test", dropout=0.0)
     return workdir, bert_imdb.pretrain(config, workdir)
 
 

@@ -58,7 +58,7 @@ def test_byte_level_bpe_round_trips_any_text_and_saves(tmp_path, shakespeare):
 def test_an_exported_tokenizer_encodes_the_same_in_transformers(tmp_path, family, reviews):
     if family == "bert":
         tokenizer = train_wordpiece(reviews[:200], vocab_size=1000)
-        model, architecture = BertMaskedLM(**{**size("bert-tiny"), "vocab_size": tokenizer.vocab_size}), "BertForMaskedLM"
+        model, architecture = BertMaskedLM(**{**size("bert-test"), "vocab_size": tokenizer.vocab_size}), "BertForMaskedLM"
     else:
         tokenizer = train_byte_bpe(reviews[:200], vocab_size=1000)
         model, architecture = GPT2(**{**size("gpt2-tiny"), "vocab_size": tokenizer.vocab_size}), "GPT2LMHeadModel"

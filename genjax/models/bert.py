@@ -28,6 +28,18 @@ class Bert(Stack):
     approximate_gelu: bool = False
     pad_id: int = 0
 
+    def encode(
+        self, tokens: jax.Array, token_types: jax.Array | None = None, valid: jax.Array | None = None, deterministic: bool = True
+    ) -> jax.Array:
+        """tokens int [B, T], token_types int [B, T] (None: all 0), valid bool [B, T] -> final hidden states [B, T, E]."""
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        valid = tokens != self.pad_id if valid is None else valid
+        h, _ = self.run_blocks(
+            self.embed_tokens(tokens, positions, token_types), positions, causal=False, mask=valid[:, None, :],
+            caches=None, deterministic=deterministic,
+        )
+        return h
+
     def __call__(
         self,
         tokens: jax.Array,
@@ -35,14 +47,8 @@ class Bert(Stack):
         valid: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
-        """tokens int [B, T], token_types int [B, T] (None: all 0), valid bool [B, T] -> the head's logits (float32)."""
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        valid = tokens != self.pad_id if valid is None else valid
-        h, _ = self.run_blocks(
-            self.embed_tokens(tokens, positions, token_types), positions, causal=False, mask=valid[:, None, :],
-            caches=None, deterministic=deterministic,
-        )
-        return self.head(h, deterministic)
+        """The head's logits (float32) over `encode`'s hidden states."""
+        return self.head(self.encode(tokens, token_types, valid, deterministic), deterministic)
 
 
 class BertClassifier(Bert):
@@ -69,6 +75,15 @@ class BertMaskedLM(Bert):
         self.mlm_dense = dense(self.width, ("embed", None), self.dtype, self.param_dtype, "mlm_dense")
         self.mlm_norm = layer_norm("mlm_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon)
         self.mlm_bias = self.param("mlm_bias", partitioned(nn.initializers.zeros, "vocab"), (self.vocab_size,), self.param_dtype)
+
+    def predict_at(
+        self, tokens: jax.Array, at: jax.Array, valid: jax.Array | None = None, deterministic: bool = True
+    ) -> jax.Array:
+        """Token logits float32 [B, K, vocab] at positions `at` int [B, K] only: the head (whose vocabulary-wide
+        decoder costs more than a bert-mini encoder per position) runs on the K gathered hidden states, as Google's
+        BERT pretraining does with `max_predictions_per_seq`. Same values as `__call__` at those positions."""
+        h = jnp.take_along_axis(self.encode(tokens, None, valid, deterministic), at[..., None], axis=1)
+        return self.head(h, deterministic)
 
     def head(self, h: jax.Array, deterministic: bool) -> jax.Array:
         """Hidden states [B, T, E] -> token logits float32 [B, T, vocab]."""

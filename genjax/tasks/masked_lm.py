@@ -3,7 +3,7 @@ a `BertMaskedLM` to recover the corrupted tokens. Shapes: B rows, L tokens."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,22 +21,48 @@ MASK_RATE = 0.15
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1
 
 
+def max_predictions(length: int, rate: float) -> int:
+    """K, the prediction slots per row of `length` tokens: enough for round(rate x length) selections."""
+    return max(1, round(rate * length))
+
+
+class Masked(NamedTuple):
+    """One corrupted batch: `inputs` int [B, L] go into the model, which predicts the original tokens `targets`
+    int [B, K] at `positions` int [B, K]; slots whose `weights` [B, K] are 0 select nothing (rows with fewer
+    ordinary tokens) and point at distinct unselected positions."""
+
+    inputs: jax.Array
+    positions: jax.Array
+    targets: jax.Array
+    weights: jax.Array
+
+
 def mask_tokens(
     rng: jax.Array, tokens: jax.Array, *, mask_id: int, vocab_size: int, special_ids: Sequence[int], rate: float = MASK_RATE
-) -> tuple[jax.Array, jax.Array]:
-    """BERT's corruption: (inputs int [B, L], selected bool [B, L]) from tokens int [B, L].
+) -> Masked:
+    """BERT's corruption of tokens int [B, L] (see `Masked`).
 
-    Each token that is not special (`special_ids`, which include padding) is selected with probability
-    `rate`; a selected token becomes `mask_id` with probability 0.8, a token drawn uniformly from the
-    vocabulary with probability 0.1 (as Hugging Face's collator, special ones included), and stays itself
-    otherwise. The model is trained to predict the original tokens where `selected`.
+    Each row selects round(`rate` x n) of its n tokens that are not special (`special_ids`, which include
+    padding), uniformly at random, as Google's BERT does (Hugging Face's collator draws each token
+    independently: the same rate on average). A selected token becomes `mask_id` with probability 0.8, a token
+    drawn uniformly from the vocabulary with probability 0.1 (special ones included, as both do), and stays
+    itself otherwise. At most `max_predictions(L, rate)` tokens are selected per row.
     """
     select_key, action_key, random_key = jax.random.split(rng, 3)
-    selected = ~jnp.isin(tokens, jnp.asarray(special_ids, tokens.dtype)) & jax.random.bernoulli(select_key, rate, tokens.shape)
-    action = jax.random.uniform(action_key, tokens.shape)
-    random_tokens = jax.random.randint(random_key, tokens.shape, 0, vocab_size, tokens.dtype)
-    corrupted = jnp.where(action < MASK_SHARE, mask_id, jnp.where(action < MASK_SHARE + RANDOM_SHARE, random_tokens, tokens))
-    return jnp.where(selected, corrupted, tokens), selected
+    ordinary = ~jnp.isin(tokens, jnp.asarray(special_ids, tokens.dtype))
+    slots = max_predictions(tokens.shape[1], rate)
+    # A uniform random subset: the `slots` highest scores, ordinary tokens first; the row's first `count` selected.
+    scores = jax.random.uniform(select_key, tokens.shape) + ordinary
+    _, positions = jax.lax.top_k(scores, slots)
+    count = jnp.round(rate * ordinary.sum(axis=1, keepdims=True))
+    selected = jnp.arange(slots) < count
+    targets = jnp.take_along_axis(tokens, positions, axis=1)
+    action = jax.random.uniform(action_key, positions.shape)
+    random_tokens = jax.random.randint(random_key, positions.shape, 0, vocab_size, tokens.dtype)
+    corrupted = jnp.where(action < MASK_SHARE, mask_id, jnp.where(action < MASK_SHARE + RANDOM_SHARE, random_tokens, targets))
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    inputs = tokens.at[rows, positions].set(jnp.where(selected, corrupted, targets), unique_indices=True)
+    return Masked(inputs, positions, targets, selected.astype(jnp.float32))
 
 
 class MaskedLMTask(Task):
@@ -74,16 +100,17 @@ class MaskedLMTask(Task):
     def masked_sums(self, params, tokens: jax.Array, rng: jax.Array, row_weights: jax.Array, dropout_rng: jax.Array | None) -> EvalSums:
         """{loss, accuracy} and their count: sums over the selected tokens of rows weighted by `row_weights` [B]; no dropout
         when `dropout_rng` is None."""
-        inputs, selected = mask_tokens(
+        masked = mask_tokens(
             rng, tokens, mask_id=self.mask_id, vocab_size=self.model.vocab_size, special_ids=self.special_ids, rate=self.rate
         )
         logits = self.model.apply(
-            {"params": params}, inputs, valid=tokens != self.model.pad_id, deterministic=dropout_rng is None,
-            rngs={} if dropout_rng is None else {"dropout": dropout_rng},
+            {"params": params}, masked.inputs, masked.positions, valid=tokens != self.model.pad_id,
+            deterministic=dropout_rng is None, rngs={} if dropout_rng is None else {"dropout": dropout_rng},
+            method=BertMaskedLM.predict_at,
         )
-        weights = selected.astype(jnp.float32) * row_weights[:, None]
-        correct = (jnp.argmax(logits, -1) == tokens).astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+        weights = masked.weights * row_weights[:, None]
+        correct = (jnp.argmax(logits, -1) == masked.targets).astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, masked.targets)
         return EvalSums({"loss": jnp.sum(loss * weights), "accuracy": jnp.sum(correct * weights)}, weights.sum())
 
     def loss(self, params, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
