@@ -146,13 +146,19 @@ def state_layout(task: Task, mesh: Mesh, rng: jax.Array, example_batch: dict[str
     `init_state` may return Flax logical-partitioning boxes: they decide the shardings
     and are removed from the state (see genjax/sharding.py).
     """
-    boxed_state = jax.eval_shape(task.init_state, rng, example_batch)
+    boxed_state = jax.eval_shape(task.init_state, *init_arguments(task, rng, example_batch))
     return nn.unbox(boxed_state), sharding_lib.state_shardings(boxed_state, mesh)
+
+
+def init_arguments(task: Task, rng: jax.Array, example_batch: dict[str, jax.Array]) -> tuple:
+    """The arguments of `task.init_state`: its starting values, when it has some, are one (see `Task.initial_params`)."""
+    return (rng, example_batch) if task.initial_params is None else (rng, example_batch, task.initial_params)
 
 
 def init_state(task: Task, state_shardings: Any, rng: jax.Array, example_batch: dict[str, jax.Array]) -> Any:
     """A fresh state born sharded: `task.init_state` jitted with the layout's out_shardings, boxes removed."""
-    return jax.jit(sharding_lib.unboxed(task.init_state), out_shardings=state_shardings)(rng, example_batch)
+    init = jax.jit(sharding_lib.unboxed(task.init_state), out_shardings=state_shardings)
+    return init(*init_arguments(task, rng, example_batch))
 
 
 def skipping_nonfinite(train_step: Callable) -> Callable:

@@ -8,6 +8,7 @@ import pathlib
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ import transformers
 import faults
 import hf_reference as ref
 from experiments import bert_imdb
+from genjax import loop
 from genjax.data import sources
 from genjax.errors import GenjaxError
 from genjax.hf.tokenizer import bert_inputs, train_wordpiece
@@ -135,6 +137,11 @@ def test_fine_tune_from_a_transformers_directory_then_export_gives_transformers_
     experiment = bert_imdb.build(config, tmp_path / "run")
     theirs = transformers.BertForMaskedLM.from_pretrained(transformers_directory).state_dict()["bert.embeddings.word_embeddings.weight"]
     np.testing.assert_array_equal(experiment.task.initial_params["embed"]["embedding"], theirs.numpy())
+    # The starting values are an argument of the initialisation: baked in as constants they would grow the program by
+    # twice their bytes (hex), 880 MB for bert-base.
+    batch, task = experiment.train_data.batch_at(0), experiment.task
+    programs = [jax.jit(task.init_state).lower(*args).as_text() for args in ((jax.random.key(0), batch), loop.init_arguments(task, jax.random.key(0), batch))]
+    assert len(programs[1]) - len(programs[0]) < sum(v.nbytes for v in jax.tree.leaves(task.initial_params)) / 4
     bert_imdb.train_and_evaluate(config, tmp_path / "run")
 
     bert_imdb.export(tmp_path / "run", tmp_path / "out")

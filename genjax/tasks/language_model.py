@@ -65,10 +65,11 @@ class LanguageModelTask(Task):
         self.initial_params = initial_params
         self.bits_name = bits_name
 
-    def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
-        """A fresh state whose parameters (and optimizer moments) keep their logical-axis boxes (the loop unboxes)."""
+    def init_state(self, rng: jax.Array, batch: dict[str, jax.Array], initial_params=None) -> TrainState:
+        """A fresh state whose parameters (and optimizer moments) keep their logical-axis boxes (the loop unboxes),
+        holding `initial_params` (the task's `initial_params`, passed by the loop) where they give a value."""
         inputs, _ = split_window(batch["tokens"][:1])
-        params = with_values(self.model.init(rng, inputs)["params"], self.initial_params)
+        params = with_values(self.model.init(rng, inputs)["params"], initial_params)
         return create_train_state({"model": params}, {"model": self.optimizer})
 
     def param_logical_axes(self, batch: dict[str, jax.Array]):

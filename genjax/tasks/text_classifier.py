@@ -117,9 +117,10 @@ class TextClassifierTask(Task):
         self.optimizer = optimizer
         self.initial_params = initial_params
 
-    def init_state(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
-        """A fresh state whose parameters (and optimizer moments) keep their logical-axis boxes (the loop unboxes)."""
-        params = with_values(self.model.init(rng, batch["tokens"][:1])["params"], self.initial_params)
+    def init_state(self, rng: jax.Array, batch: dict[str, jax.Array], initial_params=None) -> TrainState:
+        """A fresh state whose parameters (and optimizer moments) keep their logical-axis boxes (the loop unboxes),
+        holding `initial_params` (the task's `initial_params`, passed by the loop) where they give a value."""
+        params = with_values(self.model.init(rng, batch["tokens"][:1])["params"], initial_params)
         return create_train_state({"model": params}, {"model": self.optimizer})
 
     def param_logical_axes(self, batch: dict[str, jax.Array]):
