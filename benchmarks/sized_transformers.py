@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from genjax.data.text import TokenWindowLoader, eval_windows
+from genjax.entries import Benchmark
 from genjax.errors import GenjaxError
 from genjax.models.bert import BertMaskedLM
 from genjax.models.gpt2 import GPT2
@@ -31,6 +32,10 @@ NAME = "sized_transformers"
 SIZES = {
     "gpt2": {"tiny": "gpt2-tiny", "124m": "gpt2", "355m": "gpt2-medium", "774m": "gpt2-large", "1.5b": "gpt2-xl"},
     "bert": {"tiny": "bert-tiny", "mini": "bert-mini", "base": "bert-base", "large": "bert-large"},
+}
+# Published sizes on synthetic tokens (--size, --seq-len).
+BENCHMARKS = {
+    family: Benchmark(overrides={"model.family": family}, tokens_per_example=lambda config: config.seq_len) for family in SIZES
 }
 STREAM_TOKENS = {TEST: 1 << 14, VALIDATION: 1 << 14}  # held-out stream lengths; the training stream: `train_tokens`
 ZIPF_EXPONENT = 1.2

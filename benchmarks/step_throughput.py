@@ -34,6 +34,7 @@ import functools
 import importlib
 import json
 import pathlib
+import pkgutil
 import subprocess
 import sys
 import time
@@ -41,18 +42,19 @@ from typing import Any, Callable, Iterator, Sequence
 
 import flax
 import jax
-import jax.numpy as jnp
 import jaxlib
 import ml_collections
 import numpy as np
 import optax
 
+import experiments
 from benchmarks import matmul_bound, peaks
-from genjax import cli, cpu_tuning, flops, loop
+from genjax import cli, cpu_tuning, entries, flops, loop
 from genjax.checkpoint import abstract_with_shardings
 from genjax import config as config_lib
 from genjax import sharding as sharding_lib
 from genjax.data.loader import device_prefetch, to_global
+from genjax.entries import Benchmark
 from genjax.errors import GenjaxError
 from genjax.state import TrainState
 from genjax.task import Experiment
@@ -73,64 +75,14 @@ def model_loss(task: Any, state: TrainState, batch: dict, rng: jax.Array) -> Any
     return task.loss(state.params["model"], batch, rng)
 
 
-def gan_forward(task: Any, state: TrainState, batch: dict, rng: jax.Array) -> Any:
-    """The forward passes of one GAN step: G(z) once, D on real and generated images (discriminator
-    update) and D on the generated ones again (generator update)."""
-    real = batch["image"].astype(jnp.float32)
-    z = jnp.zeros((real.shape[0], task.latents))
-    fake = task.generator.apply(task.sampling_variables(state, ema=False), z, train=False)
-    discriminate = functools.partial(task.discriminator.apply, {"params": state.params["discriminator"]})
-    return discriminate(jnp.concatenate([real, fake])), discriminate(fake)
-
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """How to benchmark one model family.
-
-    Attributes:
-      module: the experiment module, with `get_config()` and `build(config) -> Experiment`.
-      recipe: passed as `get_config(recipe)` when set (the char LM's "gpu" recipe).
-      overrides: config overrides (dotted key -> command-line text) that select the family in `module`.
-      build_kwargs: extra arguments of `build` (the GAN's `with_metrics=False`: no metric CNN to train first).
-      forward: `(task, state, batch, rng) -> anything`, the forward passes of one step; the model
-        FLOPs of a step are 3 times their matmul and convolution FLOPs (genjax/flops.py).
-      tokens_per_example: for sequence models, `config -> tokens per example` (tokens/s are reported).
-    """
-
-    module: str
-    recipe: str = ""
-    overrides: dict[str, str] = dataclasses.field(default_factory=dict)
-    build_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    forward: Callable[[Any, TrainState, dict, jax.Array], Any] = model_loss
-    tokens_per_example: Callable[[ml_collections.ConfigDict], int] | None = None
-
-
-FAMILIES: dict[str, Family] = {
-    "vae": Family("experiments.vae_mnist", overrides={"model.kind": "mlp"}),
-    "vae_conv": Family("experiments.vae_mnist", overrides={"model.kind": "conv"}),
-    "mlp": Family("experiments.mlp_mnist"),
-    "cnn": Family("experiments.cnn_mnist"),
-    # The speed target's anchor, as every DCGAN figure in benchmarks/ was taken: no hidden layer in the generator
-    # and a discriminator of 32 features. The experiment's default (better samples) has a 1024-unit hidden layer
-    # and 64 features: --config.model.generator_hidden=1024 --config.model.discriminator_features=64 times it.
-    # The step never runs the metric CNN, so none is loaded and no cnn_mnist run is needed first.
-    "dcgan": Family(
-        "experiments.gan_mnist",
-        overrides={"model.generator_hidden": "0", "model.discriminator_features": "32"},
-        build_kwargs={"with_metrics": False},
-        forward=gan_forward,
-    ),
-    "charlm": Family("experiments.charlm_shakespeare", tokens_per_example=lambda config: config.context),
-    "charlm_gpu": Family("experiments.charlm_shakespeare", recipe="gpu", tokens_per_example=lambda config: config.context),
-    "imdb": Family("experiments.transformer_imdb", tokens_per_example=lambda config: config.max_len),  # padded length
-    # Published sizes on synthetic tokens (--size, --seq-len): benchmarks/sized_transformers.py.
-    "gpt2": Family("benchmarks.sized_transformers", overrides={"model.family": "gpt2"}, tokens_per_example=lambda config: config.seq_len),
-    "bert": Family("benchmarks.sized_transformers", overrides={"model.family": "bert"}, tokens_per_example=lambda config: config.seq_len),
-}
 SIZED_MODULE = "benchmarks.sized_transformers"
+# Every `--model`: the `BENCHMARKS` the experiments (and the sized transformers) declare (genjax/entries.py).
+FAMILIES: dict[str, Benchmark] = entries.discover(
+    [f"experiments.{info.name}" for info in pkgutil.iter_modules(experiments.__path__)] + [SIZED_MODULE]
+)
 
 
-def make_config(family: Family, batch_size: int, dtype: str, config_args: Sequence[str]) -> ml_collections.ConfigDict:
+def make_config(family: Benchmark, batch_size: int, dtype: str, config_args: Sequence[str]) -> ml_collections.ConfigDict:
     """The experiment's config with the family's overrides, the batch size, the dtype and `--config.*` applied."""
     module = importlib.import_module(family.module)
     config = module.get_config(family.recipe) if family.recipe else module.get_config()
@@ -145,10 +97,10 @@ def make_config(family: Family, batch_size: int, dtype: str, config_args: Sequen
     return config
 
 
-def step_flops(family: Family, task: Any, state: TrainState, batch: dict, rng: jax.Array) -> tuple[int, int]:
+def step_flops(family: Benchmark, task: Any, state: TrainState, batch: dict, rng: jax.Array) -> tuple[int, int]:
     """(model FLOPs: 3 x the family's forward passes, executed FLOPs: the matmuls and convolutions
     of the train step itself, backward included), counted from shapes; `state` may be abstract."""
-    model = flops.train_flops(functools.partial(family.forward, task), state, batch, rng)
+    model = flops.train_flops(functools.partial(family.forward or model_loss, task), state, batch, rng)
     return model, flops.count_flops(task.train_step, state, batch, rng)
 
 
@@ -235,7 +187,7 @@ class CompiledStep:
     memory: dict[str, Any]
 
 
-def compile_step(family: Family, config: ml_collections.ConfigDict) -> CompiledStep:
+def compile_step(family: Benchmark, config: ml_collections.ConfigDict) -> CompiledStep:
     """Builds `config`'s experiment and mesh, and compiles its train step as the experiments jit it."""
     mesh = sharding_lib.make_mesh(config.num_devices, config.mesh)
     sharding_lib.check_batch_size(config.batch_size, mesh)
@@ -251,7 +203,7 @@ def compile_step(family: Family, config: ml_collections.ConfigDict) -> CompiledS
     return CompiledStep(mesh, experiment, batch, abstract_state, state_shardings, train_step, init_rng, train_rng, compiled, compile_s, memory)
 
 
-def set_up(family: Family, config: ml_collections.ConfigDict, bound: bool = False) -> StepSetup:
+def set_up(family: Benchmark, config: ml_collections.ConfigDict, bound: bool = False) -> StepSetup:
     """Builds the experiment of `config`, its mesh, its compiled train step (checked to fit the device's memory)
     and a fresh state, as the experiments do."""
     devices = config.num_devices or len(jax.devices())
@@ -294,7 +246,7 @@ def check_sizes(steps: int, batch_size: int) -> None:
         raise GenjaxError(f"--steps ({steps}) and --batch-size ({batch_size}) must be >= 1")
 
 
-def family_of(model: str) -> Family:
+def family_of(model: str) -> Benchmark:
     if model not in FAMILIES:
         raise GenjaxError(f"unknown --model '{model}'; choose one of {sorted(FAMILIES)}")
     return FAMILIES[model]

@@ -31,6 +31,7 @@ from genjax import workdir as workdir_lib
 from genjax import config as config_lib
 from genjax.data import sources
 from genjax.data.text import CharTokenizer, TokenWindowLoader, eval_windows, load_tokenizer, save_tokenizer
+from genjax.entries import Benchmark
 from genjax.errors import GenjaxError
 from genjax.subcommands import sample_main
 from genjax.optim import make_optimizer, optimizer_config
@@ -137,6 +138,16 @@ def sample(
     example = {"tokens": np.zeros((1, config.context + 1), np.int32)}
     state = loop.restore_trained_state(workdir, NAME, task, example, best)
     return task.sample(eval_params(state), prompt, jax.random.key(seed), length, temperature, top_k, num_samples)
+
+
+BENCHMARKS = {
+    "charlm": Benchmark(tokens_per_example=lambda config: config.context),
+    "charlm_gpu": Benchmark(
+        recipe="gpu", tokens_per_example=lambda config: config.context,
+        test_overrides=("--config.model.num_layers=1",),  # the recipe's width, heads, context and kernel; 6x less work
+    ),
+}
+SMOKE = {"batch_size": 16, "eval_batch_size": 64, "sample.length": 20}
 
 
 def main(argv: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from genjax import cli, loop
+from genjax.entries import Benchmark
 from genjax.task import Experiment
 from genjax.tasks.classifier import build_experiment, digit_classifier_config
 
@@ -33,6 +34,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
 
 train_and_evaluate = loop.trainer(build)
+
+BENCHMARKS = {"cnn": Benchmark()}
 
 
 if __name__ == "__main__":

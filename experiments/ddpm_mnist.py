@@ -49,6 +49,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
 train_and_evaluate = loop.trainer(build)
 
+SMOKE = {
+    "batch_size": 32, "eval_batch_size": 1000, "validation_examples": 500, "diffusion.timesteps": 50, "model.features": "(8,16)",
+    "model.time_dim": 32, "optimizer.learning_rate": 2e-3, "optimizer.warmup_steps": 5, "optimizer.ema_decay": 0.0,
+}
+
 
 if __name__ == "__main__":
     cli.run_main(cli.experiment_main(get_config, train_and_evaluate, __doc__))

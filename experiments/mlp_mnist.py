@@ -14,6 +14,7 @@ from __future__ import annotations
 import ml_collections
 
 from genjax import cli, loop
+from genjax.entries import Benchmark
 from genjax.task import Experiment
 from genjax.tasks.classifier import build_experiment, digit_classifier_config
 
@@ -30,6 +31,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
 
 train_and_evaluate = loop.trainer(build)
+
+BENCHMARKS = {"mlp": Benchmark()}
 
 
 if __name__ == "__main__":

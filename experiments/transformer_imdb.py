@@ -30,6 +30,7 @@ from genjax import workdir as workdir_lib
 from genjax import config as config_lib
 from genjax.data.reviews import review_experiment, training_reviews
 from genjax.data.text import WordTokenizer, load_tokenizer, pad_or_truncate, save_tokenizer
+from genjax.entries import Benchmark
 from genjax.subcommands import MAX_SHOWN, Prediction, attention_png, check_texts, last_attention, predict_main
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.state import eval_params
@@ -129,6 +130,13 @@ def predict(
         attention_png(last_attention(task.model, params, tokens[0]), words, count + offset, attention_path)
     return [Prediction(LABELS[int(p >= 0.5)], float(p), len(row), min(len(row), config.max_len)) for p, row in zip(probabilities, ids)]
 
+
+BENCHMARKS = {
+    "imdb": Benchmark(
+        tokens_per_example=lambda config: config.max_len,  # the padded length
+        test_overrides=("--config.train_examples=256", "--config.test_examples=16"),  # a small vocabulary, quickly built
+    ),
+}
 
 SUBCOMMANDS = {"predict": lambda argv: predict_main(argv, "python -m experiments.transformer_imdb predict", predict)}
 

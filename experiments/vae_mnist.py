@@ -24,6 +24,7 @@ from genjax.data import sources
 from genjax.data.images import static_binarization
 from genjax.data.loader import ShuffledArrayLoader, eval_splits
 from genjax.data.splits import hold_out
+from genjax.entries import Benchmark
 from genjax.errors import GenjaxError
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
@@ -73,6 +74,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
 
 train_and_evaluate = loop.trainer(build)
+
+BENCHMARKS = {"vae": Benchmark(overrides={"model.kind": "mlp"}), "vae_conv": Benchmark(overrides={"model.kind": "conv"})}
+SMOKE = {"batch_size": 32, "iwae_samples": 0, "eval_batch_size": 1000}
 
 
 if __name__ == "__main__":

@@ -81,13 +81,10 @@ def compile_cache(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture
 def family_args(data_dir):
     """model -> the `--config.*` arguments that build a benchmark family (benchmarks.step_throughput.FAMILIES)
-    quickly on the real data: the data dir, a small IMDb vocabulary, one GPU-recipe layer (the GAN needs no metric CNN)."""
+    quickly on the real data: the data dir and the `test_overrides` the family declares (genjax/entries.py)."""
+    from benchmarks import step_throughput
 
     def args(model: str) -> list[str]:
-        extra = {
-            "imdb": ["--config.train_examples=256", "--config.test_examples=16"],
-            "charlm_gpu": ["--config.model.num_layers=1"],  # the recipe's width, heads, context and kernel; 6x less work
-        }.get(model, [])
-        return [f"--config.data_dir={data_dir}", *extra]
+        return [f"--config.data_dir={data_dir}", *step_throughput.FAMILIES[model].test_overrides]
 
     return args

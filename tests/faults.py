@@ -13,22 +13,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from conftest import REPO
+from genjax import entries
 from genjax.workdir import LOCK_FILE
 
-# Tiny but real runs of each family: the same data, model and loop as the full experiments.
-TINY_OVERRIDES = {
-    "experiments.vae_mnist": {"batch_size": 32, "iwae_samples": 0, "eval_batch_size": 1000},
-    "experiments.gan_mnist": {"batch_size": 32, "eval_batch_size": 1000, "num_quality_samples": 1000},
-    "experiments.charlm_shakespeare": {"batch_size": 16, "eval_batch_size": 64, "sample.length": 20},
-    "experiments.ddpm_mnist": {"batch_size": 32, "eval_batch_size": 1000, "validation_examples": 500, "diffusion.timesteps": 50,
-                               "model.features": "(8,16)", "model.time_dim": 32, "optimizer.learning_rate": 2e-3,
-                               "optimizer.warmup_steps": 5, "optimizer.ema_decay": 0.0},
-}
 
 
 def command(module: str, workdir: pathlib.Path | str, **overrides) -> list[str]:
-    """`python -u -m module --workdir W --config.K=V ...` with the family's tiny settings under `overrides`."""
-    settings = {**TINY_OVERRIDES.get(module, {}), **overrides}
+    """`python -u -m module --workdir W --config.K=V ...` with the experiment's `SMOKE` settings (tiny but real runs:
+    the same data, model and loop as the full experiment; genjax/entries.py) under `overrides`."""
+    settings = {**entries.smoke_settings(module), **overrides}
     return [sys.executable, "-u", "-m", module, "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in settings.items())]
 
 

@@ -20,6 +20,7 @@ import pytest
 import faults
 from conftest import REPO, emulated_cpu_env
 from experiments import vae_mnist
+from genjax import entries
 from genjax.errors import GenjaxError, first_line
 
 VAE = "experiments.vae_mnist"
@@ -31,7 +32,7 @@ def vae_workdir(tmp_path_factory, data_dir) -> pathlib.Path:
     """A finished tiny VAE run (checkpoints 10 and 20) with the settings `faults.command` gives the VAE."""
     workdir = tmp_path_factory.mktemp("vae_workdir")
     config = vae_mnist.get_config()
-    config.update({**faults.TINY_OVERRIDES[VAE], **TINY})
+    config.update({**entries.smoke_settings(VAE), **TINY})
     vae_mnist.train_and_evaluate(config, workdir)
     assert faults.committed_steps(workdir) == [10, 20]
     return workdir

@@ -198,6 +198,14 @@ class GANTask(Task):
 
         return jax.lax.cond(step % every == 0, penalised, lambda grads: (jnp.zeros(()), grads), d_grads)
 
+    def forward_passes(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The forward passes of one train step, for counting its FLOPs: G(z) once, D on the real and generated images
+        (discriminator update) and D on the generated ones again (generator update)."""
+        real = batch["image"].astype(jnp.float32)
+        fake = self.generator.apply(self.sampling_variables(state, ema=False), jnp.zeros((real.shape[0], self.latents)), train=False)
+        discriminate = functools.partial(self.discriminator.apply, {"params": state.params["discriminator"]})
+        return discriminate(jnp.concatenate([real, fake])), discriminate(fake)
+
     def sampling_variables(self, state: TrainState, ema: bool = True) -> dict:
         """The generator's variables for sampling: EMA (or trained) parameters and batch-norm running statistics."""
         params = eval_params(state, "generator") if ema else state.params["generator"]
