@@ -13,10 +13,9 @@ test split; it never reads `test`. Fine-tuning trains on train[:22500], keeps th
 <workdir>/best_checkpoints (`predict --best`, `export --best`) and reports the final state's test accuracy,
 precision, recall, F1, ROC-AUC and ROC curve (<workdir>/roc_curve.png) on all 25,000 test reviews.
 
-Budget: the defaults are sized for the whole pipeline to run in about 90 minutes on a 2-core CPU. Measured there
-(f32, one train step of 8,192 tokens): bert-tiny pretraining 1.16 s (32 x 256), fine-tuning 0.64 s (32 x 256);
-bert-mini 3.7 and 3.1 s. Pretraining rows have the fine-tuning length, so every position the classifier reads has
-been pretrained.
+Budget: the defaults are sized for the whole pipeline to run in 90 minutes on a 2-core CPU; there it took 77 (pretraining
+56 min at about 1 step/s, fine-tuning 21 min at 1.5 steps/s, at 5010a8d), where a bert-mini step takes 3-4 times as
+long. Pretraining rows have the fine-tuning length, so every position the classifier reads has been pretrained.
 
 Starting points (`--config.init_from`): "" trains from scratch with a WordPiece tokenizer trained on the training
 reviews; a pretraining workdir gives its newest checkpoint's encoder and its tokenizer (the head starts fresh); a
