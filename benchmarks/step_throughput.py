@@ -63,7 +63,8 @@ DTYPES = {"f32": "float32", "bf16": "bfloat16"}
 FLOPS_FORMULA = (
     "3 x the forward pass's matmul FLOPs, counted from its jaxpr (genjax/flops.py): for a transformer "
     "6N + 12 L T E per token (N: matmul weights, the tied output layer included; L layers, T context, E width: "
-    "attention scores and weighted values, the causal half counted), as nanoGPT and MaxText count"
+    "attention scores and weighted values, the causal half counted), as nanoGPT and MaxText count; BERT's "
+    "masked-LM output layer only at the predicted 15% of positions, where it runs"
 )
 GIB = 2**30
 WARMUP_STEPS = 3

@@ -17,7 +17,6 @@ from genjax import entries
 from genjax.workdir import LOCK_FILE
 
 
-
 def command(module: str, workdir: pathlib.Path | str, **overrides) -> list[str]:
     """`python -u -m module --workdir W --config.K=V ...` with the experiment's `SMOKE` settings (tiny but real runs:
     the same data, model and loop as the full experiment; genjax/entries.py) under `overrides`."""
