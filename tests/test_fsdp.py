@@ -23,7 +23,7 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from conftest import emulated_cpu_env
 from genjax import sharding
 from genjax.errors import GenjaxError
-from genjax.task import EvalSums
+from genjax.task import EvalSums, Task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MESH_2x4 = AbstractMesh((2, 4), ("data", "fsdp"))
@@ -104,8 +104,8 @@ EXPECTED_TRANSFORMER_SPECS = {
 }
 
 
-class ClassifierTask:
-    """Cross-entropy training of AnnotatedClassifier with the shared optimizer pipeline (a Task)."""
+class ClassifierTask(Task):
+    """Cross-entropy training of AnnotatedClassifier with the shared optimizer pipeline."""
 
     def __init__(self):
         from genjax.optim import make_optimizer, optimizer_config
