@@ -87,7 +87,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 @jax.jit
-def _accumulate(totals: dict, metrics: dict, step: jax.Array) -> dict:
+def accumulate_metrics(totals: dict, metrics: dict, step: jax.Array) -> dict:
     """Adds one step's metrics to the running sums if all are finite; else counts the step and flags the metrics.
 
     Remembers the first step with a non-finite metric (the NaN stop) and, per metric,
@@ -103,7 +103,7 @@ def _accumulate(totals: dict, metrics: dict, step: jax.Array) -> dict:
     }
 
 
-def _empty_totals(metrics_shape: dict) -> dict:
+def empty_totals(metrics_shape: dict) -> dict:
     return {
         "sums": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape),
         "count": jnp.zeros((), jnp.int32),
@@ -287,72 +287,170 @@ def trainer(build: Callable[[ml_collections.ConfigDict], Experiment]) -> Callabl
 
 
 def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, experiment: Experiment) -> dict[str, float]:
-    task, total_steps = experiment.task, experiment.num_train_steps
-    is_main = jax.process_index() == 0
+    """The run's phases, top to bottom: set-up, restore (or start), the step loop, the end (test once)."""
+    run = _Run(config, workdir, experiment)
+    try:
+        run.restore_or_start()
+        if run.step_loop():
+            return {}  # stopped by a signal, its checkpoint written
+        return run.finish()
+    finally:
+        run.close()
 
-    # Mesh and keys.
-    mesh = sharding_lib.make_mesh(config.num_devices, config.mesh)
-    sharding_lib.check_batch_size(config.batch_size, mesh)
-    sharding_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    data_sharding = sharding_lib.batch_sharding(mesh)
-    init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
 
-    # Model and optimizer state, born with their shardings; the step checks that need only shapes.
-    example_batch = to_global(experiment.train_data.batch_at(0), data_sharding)
-    abstract_state, state_shardings = state_layout(task, mesh, init_rng, example_batch)
-    _check_best_metric(config, experiment, abstract_state, eval_rng)
-    identity = _run_identity(config, experiment, abstract_state)
+class _Run:
+    """One training run. Set-up (`__init__`) builds what every phase reads; `state`, `step`, `data_index`,
+    `train_rng` and `last_saved` are the run's position, which `restore_or_start` sets and `step_loop` moves."""
 
-    # Restore, or start fresh only from an empty checkpoint dir; the workdir's files rewound to the restored step.
-    had_checkpoints = (workdir / "checkpoints").is_dir()
-    checkpointer = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
-    restored = checkpointer.restore_latest(
-        abstract_with_shardings(abstract_state, state_shardings),
-        check_meta=lambda meta, path: _check_compatible(meta, identity, path),
-    )
-    if restored is None:
-        state = init_state(task, state_shardings, init_rng, example_batch)
-        data_index, last_saved = 0, None
-    else:
-        last_saved, state, meta = restored
-        train_rng = jax.random.wrap_key_data(np.asarray(meta["train_rng"], np.uint32))
-        data_index = meta["data_index"]
-        if is_main:
-            print(f"resumed from {checkpointer.path(last_saved)} (step {last_saved})", flush=True)
-    if is_main:
-        _rewind_workdir(workdir, last_saved, had_checkpoints)
-        workdir_lib.save_config(config, workdir, experiment.name, last_saved)
-        for name, write in experiment.workdir_files.items():
-            if not (workdir / name).exists():
-                write(workdir / name)
+    def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, experiment: Experiment) -> None:
+        """Set-up: mesh, keys, the state's layout (no parameter allocated), the checks that need only shapes, the
+        checkpointer and the compiled steps (state donated, shardings explicit)."""
+        self.config, self.workdir, self.experiment, self.task = config, workdir, experiment, experiment.task
+        self.is_main = jax.process_index() == 0
+        self.mesh = sharding_lib.make_mesh(config.num_devices, config.mesh)
+        sharding_lib.check_batch_size(config.batch_size, self.mesh)
+        sharding_lib.check_batch_size(config.eval_batch_size, self.mesh, "eval_batch_size")
+        self.data_sharding = sharding_lib.batch_sharding(self.mesh)
+        self.init_rng, self.train_rng, self.eval_rng = jax.random.split(jax.random.key(config.seed), 3)
 
-    # The compiled steps: state donated, shardings explicit.
-    train_step, eval_step = compile_steps(task, mesh, state_shardings, config.skip_nonfinite)
-    metrics_shape = jax.eval_shape(task.train_step, abstract_state, example_batch, train_rng)[1]
+        self.example_batch = to_global(experiment.train_data.batch_at(0), self.data_sharding)
+        self.abstract_state, self.state_shardings = state_layout(self.task, self.mesh, self.init_rng, self.example_batch)
+        _check_best_metric(config, experiment, self.abstract_state, self.eval_rng)
+        self.identity = _run_identity(config, experiment, self.abstract_state)
+        self.train_step, self.eval_step = compile_steps(self.task, self.mesh, self.state_shardings, config.skip_nonfinite)
+        self.metrics_shape = jax.eval_shape(self.task.train_step, self.abstract_state, self.example_batch, self.train_rng)[1]
 
-    logger = MetricLogger(workdir)
-    step = int(jax.device_get(state.step))
+        self.had_checkpoints = (workdir / "checkpoints").is_dir()  # read before the checkpointer makes it
+        self.checkpointer = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
+        self.logger: MetricLogger | None = None  # opened once the workdir is rewound to the restored step
+        self.best: BestCheckpoint | None = None
+        self.state, self.step, self.data_index, self.last_saved = None, 0, 0, None
 
-    def checkpoint_meta() -> dict[str, Any]:
-        return {**identity, "data_index": data_index, "train_rng": np.asarray(jax.random.key_data(train_rng)).tolist()}
+    def restore_or_start(self) -> None:
+        """Restore: the newest intact checkpoint, else a fresh state (only into an empty checkpoint dir); the
+        workdir's log and files rewound to that step, the config saved, then the logs opened."""
+        restored = self.checkpointer.restore_latest(
+            abstract_with_shardings(self.abstract_state, self.state_shardings), check_meta=self._check_compatible
+        )
+        if restored is None:
+            self.state = init_state(self.task, self.state_shardings, self.init_rng, self.example_batch)
+        else:
+            self.last_saved, self.state, meta = restored
+            self.train_rng = jax.random.wrap_key_data(np.asarray(meta["train_rng"], np.uint32))
+            self.data_index = meta["data_index"]
+            if self.is_main:
+                print(f"resumed from {self.checkpointer.path(self.last_saved)} (step {self.last_saved})", flush=True)
+        self.step = int(jax.device_get(self.state.step))
+        if self.is_main:
+            _rewind_workdir(self.workdir, self.last_saved, self.had_checkpoints)
+            workdir_lib.save_config(self.config, self.workdir, self.experiment.name, self.last_saved)
+            for name, write in self.experiment.workdir_files.items():
+                if not (self.workdir / name).exists():
+                    write(self.workdir / name)
+        self.logger = MetricLogger(self.workdir)
+        if self.config.best_metric:
+            self.best = BestCheckpoint(self.workdir, self.config.best_metric, self.config.best_mode, self._check_compatible)
+            self.best.forget_after(self.last_saved or 0)
 
-    def save(at_step: int) -> None:
-        nonlocal last_saved
-        checkpointer.save(at_step, state, checkpoint_meta())
-        last_saved = at_step
+    def step_loop(self) -> str | None:
+        """The step loop, to `num_train_steps`: at each boundary the train log, then the validation evaluation,
+        then the checkpoint, so that a checkpoint of step S implies every metric of steps <= S is logged.
+        Returns the name of the signal (SIGTERM, SIGINT) that stopped it early, after its checkpoint; else None."""
+        config, total_steps = self.config, self.experiment.num_train_steps
+        eval_every = config.eval_every or getattr(self.experiment.train_data, "steps_per_epoch", total_steps)
+        totals = empty_totals(self.metrics_shape)
+        window_start, window_step = time.perf_counter(), self.step
+        stop = _StopRequest()
+        batches = device_prefetch(self.experiment.train_data, self.data_index, self.data_sharding)
+        try:
+            while self.step < total_steps:
+                self.state, metrics = self.train_step(self.state, next(batches), self.train_rng)
+                totals = accumulate_metrics(totals, metrics, self.state.step)  # the step number, already on device
+                self.step += 1
+                self.data_index += 1
 
-    def evaluate_and_log(split: str) -> dict[str, float]:
-        """Evaluates `split` on the current state, with the task's report; logs and prints it."""
+                step = self.step
+                at_log = step % config.log_every == 0 or step == total_steps
+                at_eval = step % eval_every == 0 or step == total_steps
+                at_sample = step % config.sample_every == 0 if config.sample_every else at_eval
+                stopping = stop.received  # read once: a signal arriving later in this step is handled at the next
+                at_checkpoint = step % config.checkpoint_every == 0 or step == total_steps or stopping
+                if at_log or at_eval or at_checkpoint:
+                    rate = (step - window_step) / max(time.perf_counter() - window_start, 1e-9)
+                    self._log_train(self._fetch_window(totals), rate)
+                    totals = empty_totals(self.metrics_shape)
+                if at_sample:
+                    self.task.write_samples(sharding_lib.gathered(self.state, self.mesh), step, self.workdir, self.eval_rng)
+                if at_eval:
+                    self._offer_best(self.evaluate_and_log(VALIDATION))
+                if at_checkpoint:
+                    self._save()
+                if at_log or at_eval or at_sample or at_checkpoint:
+                    window_start, window_step = time.perf_counter(), step  # steps/s counts training time only
+                if stopping:
+                    self.checkpointer.wait()
+                    if self.is_main:
+                        print(f"{stopping}: saved {self.checkpointer.path(step)}; exiting (rerun the same command to resume)", flush=True)
+                    return stopping
+            return None
+        finally:
+            batches.close()
+            stop.restore()
+
+    def evaluate_and_log(self, split: str) -> dict[str, float]:
+        """Evaluation: `split` on the current state, with the task's report; logged and printed."""
         started = time.perf_counter()
-        metrics, rows = evaluate(experiment, split, state, eval_step, data_sharding, eval_rng)
-        metrics.update(task.report(sharding_lib.gathered(state, mesh), step, workdir, eval_rng, split, rows))
-        logger.write(step, split, metrics)
-        if is_main:
-            print(f"step {step}  {split} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        metrics, rows = evaluate(self.experiment, split, self.state, self.eval_step, self.data_sharding, self.eval_rng)
+        gathered = sharding_lib.gathered(self.state, self.mesh)
+        metrics.update(self.task.report(gathered, self.step, self.workdir, self.eval_rng, split, rows))
+        self.logger.write(self.step, split, metrics)
+        if self.is_main:
+            print(f"step {self.step}  {split} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                   + f"  ({time.perf_counter() - started:.1f} s)", flush=True)
         return metrics
 
-    def fetch_window(totals: dict) -> dict[str, float]:
+    def finish(self) -> dict[str, float]:
+        """The end: the final state checkpointed (already, unless restored at its last step), then the test split's
+        metrics, evaluated and logged once (a rerun of a finished run returns the logged ones)."""
+        if self.last_saved != self.step:
+            self._save()
+        logged = [row for row in metrics_log.read_metrics(self.workdir, TEST) if row["step"] == self.step]
+        if not logged:
+            return self.evaluate_and_log(TEST)
+        if self.is_main:
+            print(f"already trained to step {self.step}; its test metrics are in {self.workdir / metrics_log.METRICS_FILE}", flush=True)
+        return {k: v for k, v in logged[-1].items() if k not in ("step", "split")}
+
+    def close(self) -> None:
+        """Waits for the checkpoint being written, then closes the checkpointers and the log."""
+        self.checkpointer.wait()
+        self.checkpointer.close()
+        for opened in (self.best, self.logger):
+            if opened is not None:
+                opened.close()
+
+    def _check_compatible(self, meta: dict, path: pathlib.Path) -> None:
+        _check_compatible(meta, self.identity, path)
+
+    def _checkpoint_meta(self) -> dict[str, Any]:
+        return {**self.identity, "data_index": self.data_index, "train_rng": np.asarray(jax.random.key_data(self.train_rng)).tolist()}
+
+    def _save(self) -> None:
+        self.checkpointer.save(self.step, self.state, self._checkpoint_meta())
+        self.last_saved = self.step
+
+    def _offer_best(self, validation: dict[str, float]) -> None:
+        if self.best is not None and self.best.offer(self.step, self.state, validation, self._checkpoint_meta()) and self.is_main:
+            print(f"best {self.config.best_metric} so far: saved {self.best.checkpointer.path(self.step)}", flush=True)
+
+    def _log_train(self, train_metrics: dict[str, float], rate: float) -> None:
+        self.logger.write(self.step, "train", {**train_metrics, "steps_per_s": rate})
+        if self.is_main:
+            eta = (self.experiment.num_train_steps - self.step) / max(rate, 1e-9)
+            print(f"step {self.step}/{self.experiment.num_train_steps}  loss {train_metrics['loss']:.4f}  "
+                  f"{rate:.1f} steps/s  ETA {eta / 60:.1f} min", flush=True)
+
+    def _fetch_window(self, totals: dict) -> dict[str, float]:
         """Host copy of the mean metrics over the finite steps since the last fetch.
 
         A non-finite metric stops the run, unless `skip_nonfinite`: then the skipped
@@ -361,90 +459,17 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, expe
         """
         totals = jax.device_get(totals)
         count, skipped = int(totals["count"]), int(totals["skipped"])
-        if skipped and (not config.skip_nonfinite or count == 0):
+        skip_nonfinite = self.config.skip_nonfinite
+        if skipped and (not skip_nonfinite or count == 0):
             bad = sorted(k for k, v in totals["nonfinite"].items() if v)
-            good = f"last good checkpoint: {checkpointer.path(last_saved)}" if last_saved is not None else "no checkpoint was written"
-            every = f" (all {skipped} updates since the last log were skipped)" if config.skip_nonfinite else ""
+            good = f"last good checkpoint: {self.checkpointer.path(self.last_saved)}" if self.last_saved is not None else "no checkpoint was written"
+            every = f" (all {skipped} updates since the last log were skipped)" if skip_nonfinite else ""
             raise GenjaxError(
                 f"non-finite {', '.join(bad)} at step {int(totals['first_bad'])}{every}; stopped without saving ({good}); "
                 "lower the learning rate or enable gradient clipping (--config.optimizer.grad_clip_norm=1.0)"
             )
         means = {k: float(v) / count for k, v in totals["sums"].items()}
-        return {**means, "skipped_updates": skipped} if config.skip_nonfinite else means
-
-    best: BestCheckpoint | None = None  # opened inside the try below, so that it is always closed
-    stop = _StopRequest()
-    eval_every = config.eval_every or getattr(experiment.train_data, "steps_per_epoch", total_steps)
-    totals = _empty_totals(metrics_shape)
-    window_start, window_step = time.perf_counter(), step
-    batches = device_prefetch(experiment.train_data, data_index, data_sharding)
-    try:
-        if config.best_metric:
-            best = BestCheckpoint(
-                workdir, config.best_metric, config.best_mode, lambda meta, path: _check_compatible(meta, identity, path)
-            )
-            best.forget_after(last_saved or 0)
-
-        # The step loop: at each boundary the train log, then the validation evaluation, then the checkpoint, so
-        # that a checkpoint of step S implies every metric of steps <= S is logged.
-        while step < total_steps:
-            batch = next(batches)
-            state, metrics = train_step(state, batch, train_rng)
-            totals = _accumulate(totals, metrics, state.step)  # the step number, already on device
-            step += 1
-            data_index += 1
-
-            at_log = step % config.log_every == 0 or step == total_steps
-            at_eval = step % eval_every == 0 or step == total_steps
-            at_sample = step % config.sample_every == 0 if config.sample_every else at_eval
-            stopping = stop.received  # read once: a signal arriving later in this step is handled at the next
-            at_checkpoint = step % config.checkpoint_every == 0 or step == total_steps or stopping
-            if at_log or at_eval or at_checkpoint:
-                train_metrics = fetch_window(totals)
-                totals = _empty_totals(metrics_shape)
-                rate = (step - window_step) / max(time.perf_counter() - window_start, 1e-9)
-                logger.write(step, "train", {**train_metrics, "steps_per_s": rate})
-                if is_main:
-                    eta = (total_steps - step) / max(rate, 1e-9)
-                    print(f"step {step}/{total_steps}  loss {train_metrics['loss']:.4f}  "
-                          f"{rate:.1f} steps/s  ETA {eta / 60:.1f} min", flush=True)
-            if at_sample:
-                task.write_samples(sharding_lib.gathered(state, mesh), step, workdir, eval_rng)
-            if at_eval:
-                validation = evaluate_and_log(VALIDATION)
-                if best is not None and best.offer(step, state, validation, checkpoint_meta()) and is_main:
-                    print(f"best {config.best_metric} so far: saved {best.checkpointer.path(step)}", flush=True)
-            if at_checkpoint:
-                save(step)
-            if at_log or at_eval or at_sample or at_checkpoint:
-                window_start, window_step = time.perf_counter(), step  # steps/s counts training time only
-            if stopping:
-                checkpointer.wait()
-                if is_main:
-                    print(f"{stopping}: saved {checkpointer.path(step)}; exiting (rerun the same command to resume)", flush=True)
-                return {}
-        if last_saved != step:
-            save(step)  # a run restored at its last step
-        return _test_once(workdir, step, evaluate_and_log, is_main)
-    finally:
-        batches.close()
-        stop.restore()
-        checkpointer.wait()
-        checkpointer.close()
-        if best is not None:
-            best.close()
-        logger.close()
-
-
-def _test_once(workdir: pathlib.Path, step: int, evaluate_and_log: Callable[[str], dict[str, float]], is_main: bool) -> dict[str, float]:
-    """The test split's metrics at the final `step`: evaluated and logged once; a rerun of a finished run
-    returns the logged ones."""
-    logged = [row for row in metrics_log.read_metrics(workdir, TEST) if row["step"] == step]
-    if logged:
-        if is_main:
-            print(f"already trained to step {step}; its test metrics are in {workdir / metrics_log.METRICS_FILE}", flush=True)
-        return {k: v for k, v in logged[-1].items() if k not in ("step", "split")}
-    return evaluate_and_log(TEST)
+        return {**means, "skipped_updates": skipped} if skip_nonfinite else means
 
 
 def restore_trained_state(
