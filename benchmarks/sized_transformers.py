@@ -26,6 +26,7 @@ from genjax.state import TrainState
 from genjax.task import TEST, VALIDATION, Experiment, loop_config
 from genjax.tasks.language_model import LanguageModelTask
 from genjax.tasks.masked_lm import MaskedLMTask
+from genjax.models.layer_norm import uses_hand_backward
 
 NAME = "sized_transformers"
 # --size names of each family -> genjax/models/sizes.py names
@@ -57,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
             remat="none",  # none | full | dots (see genjax/models/transformer.py REMAT_POLICIES)
             scan_layers=False,  # True: the blocks run as one nn.scan, parameters stacked on a 'layers' axis
             attention_kernel="auto",  # auto (cuDNN where it fits, else xla) | xla | blocked | fused | cudnn
+            backward="auto",  # auto (hand-written LayerNorm/rotary backward passes on CPU, autodiff elsewhere) | hand | autodiff (also forward mode)
             dropout=0.0,
         )
     )
@@ -81,6 +83,7 @@ def model_fields(config: ml_collections.ConfigDict) -> dict:
         "num_heads": m.num_heads or fields["num_heads"],
         "dropout_rate": m.dropout,
         "attention_kernel": m.attention_kernel,
+        "hand_backward": uses_hand_backward(m.backward),
         "remat": m.remat,
         "scan_layers": m.scan_layers,
         "dtype": compute_dtype(config.dtype),

@@ -55,6 +55,7 @@ from genjax.state import eval_params
 from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
 from genjax.tasks.masked_lm import MaskedLMTask
 from genjax.tasks.text_classifier import TextClassifierTask, attention_kernel
+from genjax.models.layer_norm import uses_hand_backward
 
 NAME, PRETRAIN_NAME = "bert_imdb", "bert_imdb_pretrain"
 CLASSIFIER, MASKED_LM = "BertForSequenceClassification", "BertForMaskedLM"
@@ -76,6 +77,7 @@ def _config(**loop_fields: Any) -> ml_collections.ConfigDict:
             size="bert-tiny",  # genjax/models/sizes.py; from scratch only (a starting point brings its own model)
             dropout=0.1,
             attention_kernel="auto",  # auto (blocked on CPU, xla elsewhere) | blocked | xla | fused
+            backward="auto",  # auto (hand-written LayerNorm/rotary backward passes on CPU, autodiff elsewhere) | hand | autodiff (also forward mode)
         )
     )
     return config
@@ -128,7 +130,10 @@ def for_training(config: ml_collections.ConfigDict, model: nn.Module) -> nn.Modu
     if config.max_len > model.max_len:
         raise GenjaxError(f"max_len={config.max_len} exceeds the model's {model.max_len} positions; pass --config.max_len={model.max_len}")
     m = config.model
-    return model.clone(dropout_rate=m.dropout, attention_kernel=attention_kernel(m.attention_kernel), dtype=compute_dtype(config.dtype))
+    return model.clone(
+        dropout_rate=m.dropout, attention_kernel=attention_kernel(m.attention_kernel), hand_backward=uses_hand_backward(m.backward),
+        dtype=compute_dtype(config.dtype),
+    )
 
 
 def fresh_model(config: ml_collections.ConfigDict, architecture: str, tokenizer: HFTokenizer) -> nn.Module:

@@ -72,6 +72,7 @@ def get_config(recipe: str = "cpu") -> ml_collections.ConfigDict:
             positions="rotary",  # rotary | learned
             dropout=0.0 if cpu else 0.2,
             attention_kernel="xla" if cpu else "fused",  # xla | fused (jax.nn.dot_product_attention, cuDNN on GPU)
+            backward="auto",  # auto (hand-written LayerNorm/rotary backward passes on CPU, autodiff elsewhere) | hand | autodiff (also forward mode)
         )
     )
     config.optimizer = optimizer_config(

@@ -37,6 +37,7 @@ from genjax.state import eval_params
 from genjax.subcommands import export_main, sample_main
 from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
 from genjax.tasks.language_model import LanguageModelTask
+from genjax.models.layer_norm import uses_hand_backward
 
 NAME = "gpt2_lm"
 ARCHITECTURE = "GPT2LMHeadModel"
@@ -55,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
             size="gpt2-mini",  # genjax/models/sizes.py; from scratch only (a starting point brings its own model)
             dropout=0.0,
             attention_kernel="xla",  # xla | fused (jax.nn.dot_product_attention, cuDNN on GPU)
+            backward="auto",  # auto (hand-written LayerNorm/rotary backward passes on CPU, autodiff elsewhere) | hand | autodiff (also forward mode)
         )
     )
     config.optimizer = optimizer_config(
@@ -72,7 +74,10 @@ def for_training(config: ml_collections.ConfigDict, model: GPT2) -> GPT2:
     if longest > model.max_len:
         raise GenjaxError(f"context={config.context} / sample.length={config.sample.length} exceed the model's {model.max_len} positions; lower them")
     m = config.model
-    return model.clone(dropout_rate=m.dropout, attention_kernel=m.attention_kernel, dtype=compute_dtype(config.dtype))
+    return model.clone(
+        dropout_rate=m.dropout, attention_kernel=m.attention_kernel, hand_backward=uses_hand_backward(m.backward),
+        dtype=compute_dtype(config.dtype),
+    )
 
 
 def start(config: ml_collections.ConfigDict, workdir: pathlib.Path, train_text: str) -> tuple[GPT2, HFTokenizer, dict | None]:

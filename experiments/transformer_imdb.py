@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
             pooling="mean",  # mean | cls
             dropout=0.2,
             attention_kernel="auto",  # auto (blocked on CPU, xla elsewhere) | blocked (cache-sized blocks of batch rows) | xla | fused
+            backward="auto",  # auto (hand-written LayerNorm/rotary backward passes on CPU, autodiff elsewhere) | hand | autodiff (also forward mode)
         )
     )
     config.optimizer = optimizer_config(

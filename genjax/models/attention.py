@@ -134,20 +134,21 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
     return out.swapaxes(0, 1).reshape(q.shape)
 
 
-def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0, hand_backward: bool = False) -> jax.Array:
     """Rotary position embedding (RoFormer, half-split form): x [B, T, H, D], positions int [B, T] -> [B, T, H, D].
 
     Pairs (x_i, x_{i+D/2}) rotate by positions * base^(-2i/D), so q.k depends only on relative position.
     The cos/sin tables [B, T, 1, D/2] are materialised once (an optimisation barrier) rather than
-    recomputed for every element of the rotation, and the backward pass rotates the gradient back
-    (`_rotate`); with `LayerNorm`'s backward pass, the char LM's CPU step is 5-8 % faster (benchmarks/RESULTS.md).
-    Like `LayerNorm`, differentiable in reverse mode to any order, not in forward mode (`jax.jvp`).
+    recomputed for every element of the rotation. With `hand_backward` the backward pass rotates the gradient
+    back (`_rotate`), a CPU kernel like `LayerNorm`'s (benchmarks/RESULTS.md has the same-run A/B): reverse mode
+    only, not forward mode (`jax.jvp`).
     """
     half = x.shape[-1] // 2
     frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions[..., None].astype(jnp.float32) * frequencies  # [B, T, D/2]
     cos, sin = jax.lax.optimization_barrier((jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]))
-    return _rotate(x, cos.astype(x.dtype), sin.astype(x.dtype))
+    rotate = _rotate if hand_backward else _rotation
+    return rotate(x, cos.astype(x.dtype), sin.astype(x.dtype))
 
 
 def _rotation(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -198,6 +199,7 @@ class SelfAttention(nn.Module):
       num_heads: N query heads. num_kv_heads: K key/value heads (0: N).
       head_dim: D. use_rotary: rotate q and k by their positions.
       kernel: one of KERNELS (see `dot_product_attention`).
+      hand_backward: rotary's hand-written backward pass (a CPU kernel; see `rotary`).
     """
 
     num_heads: int
@@ -207,6 +209,7 @@ class SelfAttention(nn.Module):
     kernel: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    hand_backward: bool = False
 
     @nn.compact
     def __call__(
@@ -231,7 +234,7 @@ class SelfAttention(nn.Module):
         )(x)
         q, k, v = jnp.split(qkv, [n, n + kv], axis=2)
         if self.use_rotary:
-            q, k = rotary(q, positions), rotary(k, positions)
+            q, k = (rotary(t, positions, hand_backward=self.hand_backward) for t in (q, k))
         if cache is not None:
             cache = write_cache(cache, k, v, positions)
             k, v = cache["key"].astype(self.dtype), cache["value"].astype(self.dtype)
@@ -267,8 +270,11 @@ class MLP(nn.Module):
         return dense(x.shape[-1], ("mlp", "embed"), self.dtype, self.param_dtype, "down")(h)
 
 
-def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, epsilon: float = EPSILON) -> LayerNorm:
-    return LayerNorm(
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, epsilon: float = EPSILON, hand_backward: bool = False) -> nn.Module:
+    """`flax.linen.LayerNorm`, or with `hand_backward` genjax's `LayerNorm` (the same function and parameters, a
+    hand-written backward pass for XLA:CPU, reverse mode only)."""
+    norm = LayerNorm if hand_backward else nn.LayerNorm
+    return norm(
         dtype=dtype,
         param_dtype=param_dtype,
         epsilon=epsilon,
@@ -283,6 +289,7 @@ class TransformerBlock(nn.Module):
 
     Pre-norm (GPT-2, the char LM): x + Attention(LN(x)), then x + MLP(LN(x)).
     Post-norm (`post_norm`, BERT): LN(x + Attention(x)), then LN(x + MLP(x)).
+    `hand_backward`: LayerNorm's and rotary's hand-written backward passes (CPU kernels, reverse mode only).
     """
 
     num_heads: int
@@ -297,6 +304,7 @@ class TransformerBlock(nn.Module):
     post_norm: bool = False
     layer_norm_epsilon: float = EPSILON
     approximate_gelu: bool = True
+    hand_backward: bool = False
 
     @nn.compact
     def __call__(
@@ -310,12 +318,14 @@ class TransformerBlock(nn.Module):
         deterministic: bool = True,
     ) -> tuple[jax.Array, Cache | None]:
         """x [B, T, E] -> ([B, T, E], updated cache); arguments as in `SelfAttention`."""
-        norm1, norm2 = (layer_norm(name, self.dtype, self.param_dtype, self.layer_norm_epsilon) for name in ("norm1", "norm2"))
+        norm1, norm2 = (
+            layer_norm(name, self.dtype, self.param_dtype, self.layer_norm_epsilon, self.hand_backward) for name in ("norm1", "norm2")
+        )
         before_branch = (lambda norm, x: x) if self.post_norm else (lambda norm, x: norm(x))
         after_residual = (lambda norm, x: norm(x)) if self.post_norm else (lambda norm, x: x)
         attention = SelfAttention(
             self.num_heads, self.head_dim, self.num_kv_heads, self.use_rotary, self.kernel, self.dtype, self.param_dtype,
-            name="attention",
+            self.hand_backward, name="attention",
         )
         h, cache = attention(before_branch(norm1, x), positions, causal=causal, mask=mask, cache=cache)
         x = after_residual(norm1, x + nn.Dropout(self.dropout_rate)(h, deterministic))

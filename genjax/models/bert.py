@@ -73,7 +73,7 @@ class BertMaskedLM(Bert):
     def setup(self) -> None:
         super().setup()
         self.mlm_dense = dense(self.width, ("embed", None), self.dtype, self.param_dtype, "mlm_dense")
-        self.mlm_norm = layer_norm("mlm_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon)
+        self.mlm_norm = layer_norm("mlm_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon, self.hand_backward)
         self.mlm_bias = self.param("mlm_bias", partitioned(nn.initializers.zeros, "vocab"), (self.vocab_size,), self.param_dtype)
 
     def predict_at(

@@ -1,14 +1,14 @@
-"""Layer normalisation over the last axis with a hand-written backward pass: the norm of the transformer blocks.
+"""A CPU kernel: layer normalisation over the last axis with a hand-written backward pass.
 
 Same function and parameters ('scale', 'bias') as `flax.linen.LayerNorm`, statistics in float32; the
 epsilon is flax's 1e-6 unless given (BERT's is 1e-12, GPT-2's 1e-5). The backward pass is the
-closed-form gradient instead of autodiff's, which launches fewer fusions on XLA:CPU; with rotary's
-(genjax/models/attention.py) the char LM's CPU step is 5-8 % faster (benchmarks/RESULTS.md).
+closed-form gradient instead of autodiff's, which launches fewer fusions on XLA:CPU. The transformers
+use it only where an experiment's `model.backward` asks ("auto": on CPU; `uses_hand_backward`), and
+`flax.linen.LayerNorm` otherwise (genjax/models/attention.py `layer_norm`).
 
-Differentiation: reverse mode to any order (grad of grad, e.g. Hessian-vector products, is tested
-against flax's). Forward mode (`jax.jvp`, `jax.jacfwd`, forward-over-reverse) raises, as for every
-`jax.custom_vjp`; a fork that needs it can use `flax.linen.LayerNorm` (same parameters). The same
-closed form as a `jax.custom_jvp`, which allows both, made the char LM step 1.22-1.31x slower.
+Differentiation: reverse mode to any order (grad of grad is tested against flax's). Forward mode
+(`jax.jvp`, `jax.jacfwd`, forward-over-reverse) raises, as for every `jax.custom_vjp`. The same closed
+form as a `jax.custom_jvp`, which allows both, made the char LM step 1.22-1.31x slower.
 """
 
 from __future__ import annotations
@@ -21,7 +21,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genjax.errors import GenjaxError
+
 EPSILON = 1e-6  # flax.linen.LayerNorm's default
+BACKWARDS = ("auto", "hand", "autodiff")
+
+
+def uses_hand_backward(choice: str) -> bool:
+    """Whether a model built with `backward` = `choice` (one of BACKWARDS) uses the hand-written backward passes
+    of LayerNorm and rotary (reverse mode only): "hand", or "auto" on a CPU backend (where they pay: the char LM's
+    CPU step is 1.29x slower without them, benchmarks/RESULTS.md)."""
+    if choice not in BACKWARDS:
+        raise GenjaxError(f"unknown backward '{choice}'; choose one of {BACKWARDS}")
+    return choice == "hand" or (choice == "auto" and jax.default_backend() == "cpu")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

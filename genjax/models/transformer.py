@@ -59,6 +59,8 @@ class Stack(nn.Module):
     norm of the embeddings instead. `num_token_types` > 0 adds token-type (segment) embeddings.
     `remat` (one of REMAT_NAMES) rematerialises each block; `scan_layers` runs the blocks as one `nn.scan` whose
     parameters are stacked [num_layers, ...] under SCANNED_BLOCKS (`stack_blocks` converts unrolled ones).
+    `hand_backward`: LayerNorm's and rotary's hand-written backward passes, CPU kernels (reverse mode only;
+    see genjax/models/layer_norm.py); off, the whole model differentiates in forward and reverse mode.
     """
 
     vocab_size: int
@@ -79,6 +81,7 @@ class Stack(nn.Module):
     approximate_gelu: bool = True
     remat: str = "none"
     scan_layers: bool = False
+    hand_backward: bool = False
 
     def setup(self) -> None:
         check_remat(self.remat)
@@ -101,16 +104,16 @@ class Stack(nn.Module):
             return TransformerBlock(
                 self.num_heads, self.width // self.num_heads, self.mlp_dim, self.num_kv_heads, self.positions == "rotary",
                 self.dropout_rate, self.attention_kernel, self.dtype, self.param_dtype, self.post_norm,
-                self.layer_norm_epsilon, self.approximate_gelu, name=name,
+                self.layer_norm_epsilon, self.approximate_gelu, self.hand_backward, name=name,
             )
 
         # Scanned: one block whose parameters `run_blocks`' nn.scan stacks; unrolled: one block per layer.
         self.blocks = block(SCANNED_BLOCKS) if self.scan_layers else [block(f"block{i}") for i in range(self.num_layers)]
         self.dropout = nn.Dropout(self.dropout_rate)
         if self.post_norm:
-            self.embed_norm = layer_norm("embed_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon)
+            self.embed_norm = layer_norm("embed_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon, self.hand_backward)
         else:
-            self.final_norm = layer_norm("final_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon)
+            self.final_norm = layer_norm("final_norm", self.dtype, self.param_dtype, self.layer_norm_epsilon, self.hand_backward)
 
     def _table(self, rows: int) -> Embed:
         """An embedding table [rows, E] of positions or token types (rows not sharded)."""
@@ -256,6 +259,7 @@ class EncoderClassifier(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: str = "none"
     scan_layers: bool = False
+    hand_backward: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -265,7 +269,7 @@ class EncoderClassifier(nn.Module):
         stack = Stack(
             self.vocab_size, self.num_layers, self.num_heads, self.width, self.mlp_dim, self.max_len + extra,
             self.num_kv_heads, self.positions, self.dropout_rate, self.attention_kernel, self.dtype, self.param_dtype,
-            remat=self.remat, scan_layers=self.scan_layers, name="encoder",
+            remat=self.remat, scan_layers=self.scan_layers, hand_backward=self.hand_backward, name="encoder",
         )
         valid = tokens != 0
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1] + extra), (tokens.shape[0], tokens.shape[1] + extra))

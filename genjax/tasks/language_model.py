@@ -19,6 +19,7 @@ from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step, with_values
 from genjax.task import VALIDATION, EvalSums, Task
+from genjax.models.layer_norm import uses_hand_backward
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -37,7 +38,7 @@ def model_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> Dec
     return DecoderLM(
         vocab_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads, width=m.width, mlp_dim=m.mlp_ratio * m.width,
         max_len=config.context, num_kv_heads=m.num_kv_heads, positions=m.positions, dropout_rate=m.dropout,
-        attention_kernel=m.attention_kernel, dtype=compute_dtype(config.dtype),
+        attention_kernel=m.attention_kernel, hand_backward=uses_hand_backward(m.backward), dtype=compute_dtype(config.dtype),
     )
 
 

@@ -21,6 +21,7 @@ from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step, with_values
 from genjax.task import TEST, EvalSums, Task
 from genjax.tasks.classifier import classification_sums
+from genjax.models.layer_norm import uses_hand_backward
 
 
 def attention_kernel(name: str) -> str:
@@ -38,7 +39,8 @@ def model_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> Enc
     return EncoderClassifier(
         vocab_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads, width=m.width, mlp_dim=m.mlp_ratio * m.width,
         max_len=config.max_len, num_classes=2, num_kv_heads=m.num_kv_heads, positions=m.positions, pooling=m.pooling,
-        dropout_rate=m.dropout, attention_kernel=attention_kernel(m.attention_kernel), dtype=compute_dtype(config.dtype),
+        dropout_rate=m.dropout, attention_kernel=attention_kernel(m.attention_kernel), hand_backward=uses_hand_backward(m.backward),
+        dtype=compute_dtype(config.dtype),
     )
 
 
