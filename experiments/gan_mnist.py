@@ -63,7 +63,7 @@ from genjax import cli, loop
 from genjax.data import sources
 from genjax.data.loader import ShuffledArrayLoader, eval_splits
 from genjax.data.splits import hold_out
-from genjax.entries import Benchmark
+from genjax.entries import Benchmark, Fixture
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.sample_quality import load_feature_network
 from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
@@ -136,7 +136,8 @@ BENCHMARKS = {
         forward=GANTask.forward_passes,
     ),
 }
-SMOKE = {"batch_size": 32, "eval_batch_size": 1000, "num_quality_samples": 1000}
+SMOKE = {"batch_size": 32, "eval_batch_size": 1000, "num_quality_samples": 1000,
+         "feature_checkpoint": Fixture("feature_checkpoint")}  # the tests' briefly trained cnn_mnist
 
 
 if __name__ == "__main__":

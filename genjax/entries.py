@@ -4,13 +4,15 @@ editing any list:
 - `BENCHMARKS = {"name": Benchmark(...), ...}`: the `--model` names of `benchmarks.step_throughput`, which times
   each; its tests and the bf16 check run every one.
 - `SMOKE = {"dotted.key": value, ...}`: the settings with which tests run the experiment's command tiny but real
-  (`tests/faults.py`).
+  (`tests/faults.py`); every experiment that declares them is killed and resumed by the preemption tests. A value
+  the tests must supply (the GAN's trained metric network) is a `Fixture`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from typing import Any, Callable, Iterable
 
 import ml_collections
@@ -49,6 +51,20 @@ def discover(module_names: Iterable[str]) -> dict[str, Benchmark]:
                 raise ValueError(f"benchmark '{name}' is declared by both {found[name].module} and {module_name}; rename one")
             found[name] = dataclasses.replace(entry, module=module_name)
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixture:
+    """A `SMOKE` value the tests supply: the value of the pytest fixture `name` (e.g. a trained network's workdir)."""
+
+    name: str
+
+
+def smoke_modules(package: str = "experiments") -> list[str]:
+    """The modules of `package` that declare `SMOKE`, sorted by name."""
+    found = importlib.import_module(package)
+    names = [f"{package}.{info.name}" for info in pkgutil.iter_modules(found.__path__)]
+    return sorted(name for name in names if hasattr(importlib.import_module(name), "SMOKE"))
 
 
 def smoke_settings(module_name: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -17,10 +18,16 @@ from genjax import entries
 from genjax.workdir import LOCK_FILE
 
 
-def command(module: str, workdir: pathlib.Path | str, **overrides) -> list[str]:
+def command(module: str, workdir: pathlib.Path | str, fixture: Callable[[str], Any] | None = None, **overrides) -> list[str]:
     """`python -u -m module --workdir W --config.K=V ...` with the experiment's `SMOKE` settings (tiny but real runs:
-    the same data, model and loop as the full experiment; genjax/entries.py) under `overrides`."""
+    the same data, model and loop as the full experiment; genjax/entries.py) under `overrides`. `fixture` (pytest's
+    `request.getfixturevalue`) supplies the settings declared as `entries.Fixture`s that `overrides` do not give."""
     settings = {**entries.smoke_settings(module), **overrides}
+    for key, value in settings.items():
+        if isinstance(value, entries.Fixture):
+            if fixture is None:
+                raise ValueError(f"{module}'s SMOKE setting '{key}' comes from fixture '{value.name}': pass fixture=request.getfixturevalue")
+            settings[key] = fixture(value.name)
     return [sys.executable, "-u", "-m", module, "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in settings.items())]
 
 

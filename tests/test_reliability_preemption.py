@@ -3,8 +3,9 @@ on the same workdir never cost a run.
 
 Each family's tiny run is killed repeatedly and restarted with the same command; the
 final state must be bit-identical (CPU) to that of a run never interrupted, and its
-metrics.jsonl must hold every (step, split) once, with the same figures. The VAE
-runs in CI; the GAN and the char LM (slower to start and step) are marked slow.
+metrics.jsonl must hold every (step, split) once, with the same figures. The families are
+every experiment that declares `SMOKE` (genjax/entries.py); the VAE runs in CI, the others
+(slower to start and step) are marked slow.
 """
 
 from __future__ import annotations
@@ -21,31 +22,22 @@ import time
 import pytest
 
 import faults
+from genjax import entries
 from genjax.metrics_log import read_metrics
 
 STEPS = 40
 CHECKPOINT_EVERY = 4
 NUM_KILLS = 5
+IN_CI = {"experiments.vae_mnist"}  # the others (slow) run with -m slow
 FAMILIES = [
-    pytest.param("experiments.vae_mnist", id="vae"),
-    pytest.param("experiments.gan_mnist", id="gan", marks=pytest.mark.slow),
-    pytest.param("experiments.charlm_shakespeare", id="charlm", marks=pytest.mark.slow),
+    pytest.param(module, id=module.split(".")[-1], marks=() if module in IN_CI else pytest.mark.slow)
+    for module in entries.smoke_modules()  # every experiment that declares SMOKE (genjax/entries.py)
 ]
 STEP_LINE = re.compile(r"^step (\d+)/")
 
 
-@pytest.fixture(scope="module")
-def family_settings(request):
-    """{family: extra overrides}; the GAN needs a (briefly) trained cnn_mnist as its metric network."""
-
-    def get(family: str) -> dict:
-        return {"feature_checkpoint": request.getfixturevalue("feature_checkpoint")} if family == "experiments.gan_mnist" else {}
-
-    return get
-
-
-def run_command(family: str, workdir: pathlib.Path, **settings) -> list[str]:
-    return faults.command(family, workdir, num_train_steps=STEPS, log_every=1, checkpoint_every=CHECKPOINT_EVERY, **settings)
+def run_command(family: str, workdir: pathlib.Path, fixture) -> list[str]:
+    return faults.command(family, workdir, fixture, num_train_steps=STEPS, log_every=1, checkpoint_every=CHECKPOINT_EVERY)
 
 
 class Lines:
@@ -89,14 +81,14 @@ def kill_during_checkpoint_write(process, workdir: pathlib.Path, timeout: float 
 
 
 @pytest.fixture(scope="module")
-def reference_runs(tmp_path_factory, compile_cache, family_settings):
+def reference_runs(tmp_path_factory, compile_cache, request):
     """{family: workdir} of uninterrupted runs, made on first use."""
     workdirs: dict[str, pathlib.Path] = {}
 
     def get(family: str) -> pathlib.Path:
         if family not in workdirs:
             workdir = tmp_path_factory.mktemp("reference")
-            done = faults.run(run_command(family, workdir, **family_settings(family)), faults.environment(compile_cache))
+            done = faults.run(run_command(family, workdir, request.getfixturevalue), faults.environment(compile_cache))
             assert done.returncode == 0, done.stderr[-3000:]
             workdirs[family] = workdir
         return workdirs[family]
@@ -105,9 +97,9 @@ def reference_runs(tmp_path_factory, compile_cache, family_settings):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sigkill_at_random_points_then_rerun_is_bit_identical(family, tmp_path, compile_cache, reference_runs, family_settings):
+def test_sigkill_at_random_points_then_rerun_is_bit_identical(family, tmp_path, compile_cache, reference_runs, request):
     reference = reference_runs(family)
-    env, workdir, cmd = faults.environment(compile_cache), tmp_path / "killed", run_command(family, tmp_path / "killed", **family_settings(family))
+    env, workdir, cmd = faults.environment(compile_cache), tmp_path / "killed", run_command(family, tmp_path / "killed", request.getfixturevalue)
     rng = random.Random(f"{family}-kills")  # seeded: a failure names reproducible kill points
     targets = sorted(rng.sample(range(2, STEPS - 2), NUM_KILLS - 1))
     plan = [("step", t, rng.uniform(0.0, 0.3)) for t in targets]
@@ -185,7 +177,7 @@ def test_a_second_run_on_a_busy_workdir_stops_at_once(tmp_path, compile_cache, r
     family = "experiments.vae_mnist"
     reference = reference_runs(family)
     env, workdir = faults.environment(compile_cache), tmp_path / "busy"
-    cmd = run_command(family, workdir)
+    cmd = run_command(family, workdir, None)
     first = faults.start(cmd, env)
     lines = Lines(first)
     assert lines.wait_for_step(2) is not None, "".join(lines.seen)[-3000:]
