@@ -373,10 +373,16 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="real: also time the real input pipeline and report real/synthetic")
     parser.add_argument("--matmul-bound", action="store_true",
                         help="also time each matmul and convolution of the step alone: the MFU if nothing else cost time")
-    parser.add_argument("--size", help="--model gpt2: tiny | 124m | 355m | 774m | 1.5b; --model bert: tiny | mini | base | large")
-    parser.add_argument("--seq-len", type=int, help="--model gpt2|bert: tokens per example (config field seq_len)")
     parser.add_argument("--fit", type=float, metavar="GIB",
                         help="instead of timing: the largest batch (from --batch-size up) whose compiled step needs at most GIB GiB per device")
+    return parse_sized(parser, argv)
+
+
+def parse_sized(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parses `argv` with `parser` plus --size and --seq-len (GPT-2 and BERT), which become config overrides:
+    (flags, `--config.KEY=VALUE` arguments)."""
+    parser.add_argument("--size", help="--model gpt2: tiny | 124m | 355m | 774m | 1.5b; --model bert: tiny | mini | base | large")
+    parser.add_argument("--seq-len", type=int, help="--model gpt2|bert: tokens per example (config field seq_len)")
     flags, config_args = parser.parse_known_args(argv)
     sized = {"model.size": flags.size, "seq_len": flags.seq_len}
     if any(value is not None for value in sized.values()) and family_of(flags.model).module != SIZED_MODULE:

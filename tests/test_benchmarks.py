@@ -16,7 +16,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from benchmarks import compare, matmul_bound, peaks, step_throughput, sweep
+from benchmarks import compare, loop_cost, matmul_bound, peaks, step_throughput, sweep
 from conftest import REPO, emulated_cpu_env, run_module
 from genjax import cli, flops, loop, sharding
 from genjax.data.loader import to_global
@@ -197,3 +197,28 @@ def test_sweep_over_emulated_devices_writes_csv_and_plot(tmp_path, data_dir, mon
     assert rows[0]["config_args"] == f"--config.num_devices=2 --config.data_dir={data_dir}"
     assert math.isfinite(float(rows[0]["mfu"]))
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_sweep_over_remat_policies_records_each_policy_and_its_memory(tmp_path, monkeypatch):
+    """The remat policy x batch size table: one row per point with its policy and the compiled step's memory; with
+    scanned layers (explicit saved-activation buffers) full remat needs less memory than none at the same batch."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    sweep.main(["--model", "gpt2", "--remats", "none,full", "--batch-sizes", "4", "--steps", "1", "--out", str(tmp_path),
+                "--size", "tiny", "--seq-len", "64", "--config.model.scan_layers=True"])
+    rows = {row["remat"]: row for row in csv.DictReader((tmp_path / "sweep.csv").open())}
+    assert sorted(rows) == ["full", "none"]
+    assert all(int(row["batch_size"]) == 4 for row in rows.values())
+    assert int(rows["full"]["memory_temp_bytes"]) < int(rows["none"]["memory_temp_bytes"])
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_loop_cost_times_the_loop_s_step_against_a_bare_one_in_the_same_process():
+    result = loop_cost.measure("gpt2", 4, 2, 2, "float32", ["--config.model.size=tiny", "--config.seq_len=32"])
+    assert result["loop_step_ms_median"] > 0 and result["bare_step_ms_median"] > 0
+    assert result["overhead"] == pytest.approx(result["loop_step_ms_median"] / result["bare_step_ms_median"] - 1)
+    assert result["source_revision"]
+
+
+def test_loop_cost_refuses_a_family_without_one_network_loss():
+    with pytest.raises(GenjaxError, match="no single-network loss"):
+        loop_cost.measure("dcgan", 4, 1, 1, "float32", [])

@@ -90,9 +90,10 @@ def test_remat_cuts_the_step_s_temporary_memory():
 
 
 def test_scanned_layers_compile_in_time_independent_of_depth():
-    """The whole train step, compiled from abstract shapes. On a 2-core CPU a fixed part (embedding, loss, optimizer:
-    about 4 s, as long as the whole 2-layer scanned step) outweighs the tiny blocks, so 24 scanned layers take about
-    half the unrolled time (3.99 against 8.29 s) rather than the issue's quarter; scanning removes the per-layer part."""
+    """The whole train step, compiled from abstract shapes. On a 2-core CPU a fixed part (embedding, loss, optimizer
+    and health scalars: the whole 2-layer scanned step) weighs against the tiny blocks, so 24 scanned layers take
+    0.26-0.28 of the unrolled time (5.85 against 22.88 s, benchmarks/RESULTS.md) rather than the issue's quarter;
+    scanning removes the per-layer part."""
     _, scanned_2 = compiled_step(num_layers=2, scan_layers=True)
     _, scanned_24 = compiled_step(num_layers=24, scan_layers=True)
     _, unrolled_24 = compiled_step(num_layers=24)
