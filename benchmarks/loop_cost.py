@@ -42,6 +42,7 @@ def bare_step(task: Any, params_sharding: Any, opt_sharding: Any, data_sharding:
 
 
 def measure(model: str, batch_size: int, steps: int, rounds: int, dtype: str, config_args: Sequence[str]) -> dict[str, Any]:
+    """The JSON figures of one comparison: `rounds` windows of `steps` steps of each, alternating (module docstring)."""
     family = family_of(model)
     check_sizes(steps, batch_size)
     config = make_config(family, batch_size, dtype, config_args)

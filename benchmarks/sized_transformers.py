@@ -19,6 +19,7 @@ from genjax.entries import Benchmark
 from genjax.errors import GenjaxError
 from genjax.models.bert import BertMaskedLM
 from genjax.models.gpt2 import GPT2
+from genjax.models.layer_norm import uses_hand_backward
 from genjax.models.sizes import size
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.precision import compute_dtype
@@ -26,7 +27,6 @@ from genjax.state import TrainState
 from genjax.task import TEST, VALIDATION, Experiment, loop_config
 from genjax.tasks.language_model import LanguageModelTask
 from genjax.tasks.masked_lm import MaskedLMTask
-from genjax.models.layer_norm import uses_hand_backward
 
 NAME = "sized_transformers"
 # --size names of each family -> genjax/models/sizes.py names

@@ -50,6 +50,7 @@ from genjax.hf.config import model_from_config
 from genjax.hf.tokenizer import BERT_SPECIAL, HFTokenizer, bert_chunks, bert_inputs, train_wordpiece
 from genjax.hf.workdir import MODEL_FILE, WORKDIR, export_workdir, load_hf_start, saved_model, source_kind, workdir_files
 from genjax.models.bert import BertClassifier, BertMaskedLM
+from genjax.models.layer_norm import uses_hand_backward
 from genjax.models.sizes import size
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.precision import compute_dtype
@@ -58,7 +59,6 @@ from genjax.state import eval_params
 from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
 from genjax.tasks.masked_lm import MaskedLMTask
 from genjax.tasks.text_classifier import TextClassifierTask, attention_kernel
-from genjax.models.layer_norm import uses_hand_backward
 
 NAME, PRETRAIN_NAME = "bert_imdb", "bert_imdb_pretrain"
 CLASSIFIER, MASKED_LM = "BertForSequenceClassification", "BertForMaskedLM"

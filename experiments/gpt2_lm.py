@@ -30,6 +30,7 @@ from genjax.errors import GenjaxError
 from genjax.hf.tokenizer import HFTokenizer, train_byte_bpe
 from genjax.hf.workdir import MODEL_FILE, WORKDIR, export_workdir, load_hf_start, saved_model, source_kind, workdir_files
 from genjax.models.gpt2 import GPT2
+from genjax.models.layer_norm import uses_hand_backward
 from genjax.models.sizes import size
 from genjax.optim import make_optimizer, optimizer_config
 from genjax.precision import compute_dtype
@@ -37,7 +38,6 @@ from genjax.state import eval_params
 from genjax.subcommands import export_main, sample_main
 from genjax.task import TEST, VALIDATION, Experiment, loop_config, num_train_steps
 from genjax.tasks.language_model import LanguageModelTask
-from genjax.models.layer_norm import uses_hand_backward
 
 NAME = "gpt2_lm"
 ARCHITECTURE = "GPT2LMHeadModel"

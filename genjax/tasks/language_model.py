@@ -14,12 +14,12 @@ import optax
 
 from genjax import sampling
 from genjax.data.text import Tokenizer
+from genjax.models.layer_norm import uses_hand_backward
 from genjax.models.transformer import DecoderLM
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, local_copy, single_network_step, with_values
 from genjax.task import VALIDATION, EvalSums, Task
-from genjax.models.layer_norm import uses_hand_backward
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -15,13 +15,13 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
+from genjax.models.layer_norm import uses_hand_backward
 from genjax.models.transformer import EncoderClassifier
 from genjax.optim import Optimizer
 from genjax.precision import compute_dtype
 from genjax.state import TrainState, create_train_state, eval_params, single_network_step, with_values
 from genjax.task import TEST, EvalSums, Task
 from genjax.tasks.classifier import classification_sums
-from genjax.models.layer_norm import uses_hand_backward
 
 
 def attention_kernel(name: str) -> str:
