@@ -4,7 +4,7 @@ jax hashes every random draw with Threefry-2x32 (20 rounds; Salmon et al., "Para
 as easy as 1, 2, 3", SC 2011). On CPU it lowers the hash as a `while` loop of five iterations, to keep
 compile times short, and each iteration is a separate pass over the counter arrays. Straight-line
 rounds let XLA fuse the whole hash with the draw that consumes it. Measured on the 2-core CPU
-(benchmarks/RESULTS.md): a Bernoulli draw over 128x784 pixels takes 0.26 ms against 0.62-0.87 ms, and
+(benchmarks/HISTORY.md): a Bernoulli draw over 128x784 pixels takes 0.26 ms against 0.62-0.87 ms, and
 the VAE's train step 5.6 ms against 6.2 ms. The numbers are jax's own, bit for bit
 (tests/test_fused_threefry.py), so no random stream and no result changes. Other platforms keep jax's
 lowering.

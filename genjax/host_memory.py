@@ -5,7 +5,7 @@ glibc serves a block above its mmap threshold (which adapts, but never beyond 32
 `mmap` and gives it back with `munmap`, so every call of a step with more than 32 MiB of temporaries
 made the kernel fault in and zero every page again: the char LM's step (42.8 MiB of temporaries)
 took about 11,700 page faults per step on the 2-core CPU, and 51-59 ms per step instead of 38-45 ms
-(benchmarks/RESULTS.md). With malloc's `mmap` off and its trim threshold raised, freed blocks stay
+(benchmarks/HISTORY.md). With malloc's `mmap` off and its trim threshold raised, freed blocks stay
 in the heap and the next step reuses the same pages. The cost is that the process keeps its peak
 heap (up to `KEEP_FREED_BYTES` of free memory) instead of returning it to the system.
 """

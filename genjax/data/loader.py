@@ -134,7 +134,7 @@ class ResidentArrays:
 
     Batch `index` holds exactly the rows of `loader.batch_at(index)`, so training and resume are
     unchanged; what goes away is each batch's host-side gather and host-to-device copy, which cannot
-    keep up with sub-millisecond steps on a GPU (benchmarks/RESULTS.md). Only the row indices travel,
+    keep up with sub-millisecond steps on a GPU (benchmarks/HISTORY.md). Only the row indices travel,
     sharded like the batch, so each device gathers its own rows from its copy: no communication.
     """
 

@@ -21,7 +21,7 @@ from genjax.models.layer_norm import EPSILON, LayerNorm
 KERNELS = ("auto", "xla", "blocked", "fused", "cudnn")
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)  # the dtypes cuDNN flash attention takes (fp8 aside)
 CUDNN_MAX_HEAD_DIM = 128  # cuDNN's limit before Hopper (256 from compute capability 9.0): the safe bound
-BLOCK_SCORES = 2**20  # attention scores per block of the "blocked" kernel: 4 MiB in float32, cache-sized (benchmarks/RESULTS.md)
+BLOCK_SCORES = 2**20  # attention scores per block of the "blocked" kernel: 4 MiB in float32, cache-sized (benchmarks/HISTORY.md)
 POSITIONS = ("rotary", "learned")
 
 Dtype = Any
@@ -97,7 +97,7 @@ def einsum_attention(
     s, kv_heads = k.shape[1], k.shape[2]
     if kv_heads < n:
         # Query head i reads key/value head i // (n / K). Repeating the K heads keeps one [B, N, T, S] layout
-        # for every head count: a size-1 group axis made XLA:CPU's forward + backward 1.6x slower (benchmarks/RESULTS.md).
+        # for every head count: a size-1 group axis made XLA:CPU's forward + backward 1.6x slower (benchmarks/HISTORY.md).
         k, v = jnp.repeat(k, n // kv_heads, axis=2), jnp.repeat(v, n // kv_heads, axis=2)
     logits = jnp.einsum("btnd,bsnd->bnts", q * jnp.asarray(d**-0.5, q.dtype), k).astype(jnp.float32)
     allowed = jnp.ones((t, s), bool) if mask is None else jnp.broadcast_to(mask, (b, t, s))[:, None]

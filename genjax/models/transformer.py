@@ -43,7 +43,7 @@ class Embed(nn.Embed):
 
     The forward values are the same as gathering from a `dtype` copy of the table, but the
     gradient's scatter-add runs in float32: a bf16 scatter-add of many tokens into a few rows is
-    slow on GPU (14x for 16,384 tokens into 65 rows on an H100, benchmarks/RESULTS.md) and rounds
+    slow on GPU (14x for 16,384 tokens into 65 rows on an H100, benchmarks/HISTORY.md) and rounds
     each accumulation to bf16.
     """
 

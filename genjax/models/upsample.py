@@ -26,7 +26,7 @@ class Upsample(nn.Module):
     "transpose": a stride-2 transposed convolution with a `transpose_kernel` square kernel.
     "subpixel": a 3x3 convolution to 4*features channels, then depth_to_space (Shi et al. 2016). On CPU,
     where XLA's transposed convolutions are slow, it is the faster choice: 9.5x for the DCGAN generator's first layer
-    (the last, to one channel, costs the same), 1.3-1.6x for the conv VAE's whole step (benchmarks/RESULTS.md).
+    (the last, to one channel, costs the same), 1.3-1.6x for the conv VAE's whole step (benchmarks/HISTORY.md).
     """
 
     features: int

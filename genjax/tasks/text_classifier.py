@@ -27,7 +27,7 @@ from genjax.tasks.classifier import classification_sums
 def attention_kernel(name: str) -> str:
     """`name`, or for "auto" the faster kernel on this platform at IMDb's 512 tokens: "blocked" on CPU,
     "xla" elsewhere (2-core CPU: 220-242 against 392-511 ms per step; H100: 1.4 against 4.0 ms in bf16;
-    benchmarks/RESULTS.md)."""
+    benchmarks/HISTORY.md)."""
     if name != "auto":
         return name
     return "blocked" if jax.default_backend() == "cpu" else "xla"
