@@ -49,7 +49,7 @@ import optax
 
 import experiments
 from benchmarks import matmul_bound, peaks
-from genjax import cli, cpu_tuning, entries, flops, loop
+from genjax import cli, cpu_tuning, device_memory, entries, flops, loop
 from genjax.checkpoint import abstract_with_shardings
 from genjax import config as config_lib
 from genjax import sharding as sharding_lib
@@ -66,7 +66,6 @@ FLOPS_FORMULA = (
     "attention scores and weighted values, the causal half counted), as nanoGPT and MaxText count; BERT's "
     "masked-LM output layer only at the predicted 15% of positions, where it runs"
 )
-GIB = 2**30
 WARMUP_STEPS = 3
 NUM_WINDOWS = 10
 
@@ -142,33 +141,9 @@ class StepSetup:
 
 
 def memory_figures(compiled: Any, device: Any) -> dict[str, Any]:
-    """Per-device bytes the compiled step needs (`memory_analysis()`), and the device's limit where it reports one.
-
-    predicted = arguments + outputs + temporaries - aliased (donated inputs whose buffers the outputs reuse).
-    """
-    analysis = compiled.memory_analysis()
-    figures = {
-        "memory_argument_bytes": int(analysis.argument_size_in_bytes),
-        "memory_output_bytes": int(analysis.output_size_in_bytes),
-        "memory_temp_bytes": int(analysis.temp_size_in_bytes),
-        "memory_alias_bytes": int(analysis.alias_size_in_bytes),
-    }
-    figures["memory_predicted_bytes"] = (
-        figures["memory_argument_bytes"] + figures["memory_output_bytes"] + figures["memory_temp_bytes"] - figures["memory_alias_bytes"]
-    )
-    stats = device.memory_stats()
-    figures["device_bytes_limit"] = stats.get("bytes_limit") if stats else None
-    return figures
-
-
-def check_fits(memory: dict[str, Any], config: ml_collections.ConfigDict) -> None:
-    """GenjaxError when the compiled step needs more memory than the device has (where it says how much)."""
-    limit, predicted = memory["device_bytes_limit"], memory["memory_predicted_bytes"]
-    if limit and predicted > limit:
-        raise GenjaxError(
-            f"batch_size={config.batch_size} needs {predicted / GIB:.1f} GiB per device but the device has {limit / GIB:.1f} GiB; "
-            "lower --batch-size (--fit finds the largest), or use --config.model.remat=full or more fsdp/tensor devices"
-        )
+    """Per-device bytes the compiled step needs (`device_memory.step_memory`), and the limit `device` reports (None
+    on CPU, which reports none)."""
+    return {**device_memory.step_memory(compiled), "device_bytes_limit": device_memory.reported_limit(device)}
 
 
 @dataclasses.dataclass
@@ -211,7 +186,8 @@ def set_up(family: Benchmark, config: ml_collections.ConfigDict, bound: bool = F
     if bound and devices > 1:
         raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {devices}")
     step = compile_step(family, config)
-    check_fits(step.memory, config)
+    device_memory.check_fits(step.memory["memory_predicted_bytes"], device_memory.device_limit(step.mesh), config.batch_size,
+                             "lower --batch-size (--fit finds the largest)")
     state = loop.init_state(step.experiment.task, step.state_shardings, step.init_rng, step.batch)
     return StepSetup(config, step.mesh, step.experiment, step.batch, step.abstract_state, state, step.train_step, step.train_rng,
                      step.compiled, step.compile_s, step.memory)
@@ -222,7 +198,7 @@ def fit_batch(model: str, dtype: str, budget_gib: float, config_args: Sequence[s
     GiB per device: doubling from `start` (rounded down to a multiple; at least one row per batch shard), then
     bisecting. Compiles only; returns {"fit_batch_size" (0: not even the smallest fits), "budget_bytes", "probes"}."""
     family = family_of(model)
-    budget = int(budget_gib * GIB)
+    budget = int(budget_gib * device_memory.GIB)
     probes: list[dict[str, Any]] = []
 
     def fits(batch_size: int) -> bool:

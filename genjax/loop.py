@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from genjax import config as config_lib
-from genjax import metrics_log, progress
+from genjax import device_memory, metrics_log, progress
 from genjax import sharding as sharding_lib
 from genjax import workdir as workdir_lib
 from genjax.checkpoint import BEST_CHECKPOINTS, BestCheckpoint, Checkpointer, abstract_with_shardings
@@ -303,8 +303,9 @@ class _Run:
     `train_rng` and `last_saved` are the run's position, which `restore_or_start` sets and `step_loop` moves."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, experiment: Experiment) -> None:
-        """Set-up: mesh, keys, the state's layout (no parameter allocated), the checks that need only shapes, the
-        checkpointer and the compiled steps (state donated, shardings explicit)."""
+        """Set-up: mesh, keys, the state's layout (no parameter allocated), the checks that need only shapes (the
+        compiled train step's memory included), the checkpointer and the compiled steps (state donated, shardings
+        explicit)."""
         self.config, self.workdir, self.experiment, self.task = config, workdir, experiment, experiment.task
         self.is_main = jax.process_index() == 0
         self.mesh = sharding_lib.make_mesh(config.num_devices, config.mesh)
@@ -318,6 +319,7 @@ class _Run:
         _check_best_metric(config, experiment, self.abstract_state, self.eval_rng)
         self.identity = _run_identity(config, experiment, self.abstract_state)
         self.train_step, self.eval_step = compile_steps(self.task, self.mesh, self.state_shardings, config.skip_nonfinite)
+        self._check_step_fits()
         self.metrics_shape = jax.eval_shape(self.task.train_step, self.abstract_state, self.example_batch, self.train_rng)[1]
 
         self.had_checkpoints = (workdir / "checkpoints").is_dir()  # read before the checkpointer makes it
@@ -428,6 +430,15 @@ class _Run:
         for opened in (self.best, self.logger):
             if opened is not None:
                 opened.close()
+
+    def _check_step_fits(self) -> None:
+        """Compiles the train step from abstract shapes (the first step's call reuses the compilation) and stops
+        with one line when it needs more memory per device than a device has (`genjax/device_memory.py`)."""
+        compiled = self.train_step.lower(
+            abstract_with_shardings(self.abstract_state, self.state_shardings), self.example_batch, self.train_rng
+        ).compile()
+        needed = device_memory.step_memory(compiled)["memory_predicted_bytes"]
+        device_memory.check_fits(needed, device_memory.device_limit(self.mesh), self.config.batch_size)
 
     def _check_compatible(self, meta: dict, path: pathlib.Path) -> None:
         _check_compatible(meta, self.identity, path)
