@@ -80,6 +80,7 @@ def _config(**loop_fields: Any) -> ml_collections.ConfigDict:
             size="bert-tiny",  # genjax/models/sizes.py; from scratch only (a starting point brings its own model)
             dropout=0.1,
             attention_kernel="auto",  # auto (blocked on CPU, xla elsewhere) | blocked | xla | fused
+            remat="none",  # none | full | dots: what each block keeps for the backward pass (genjax/models/transformer.py)
             backward="auto",  # auto (hand-written LayerNorm/rotary backward passes on CPU, autodiff elsewhere) | hand | autodiff (also forward mode)
         )
     )
@@ -128,14 +129,14 @@ class Start:
 
 
 def for_training(config: ml_collections.ConfigDict, model: nn.Module) -> nn.Module:
-    """`model` with the run's dropout, attention kernel and computation dtype; GenjaxError when `config.max_len`
+    """`model` with the run's dropout, attention kernel, remat and computation dtype; GenjaxError when `config.max_len`
     exceeds its positions."""
     if config.max_len > model.max_len:
         raise GenjaxError(f"max_len={config.max_len} exceeds the model's {model.max_len} positions; pass --config.max_len={model.max_len}")
     m = config.model
     return model.clone(
         dropout_rate=m.dropout, attention_kernel=attention_kernel(m.attention_kernel), hand_backward=uses_hand_backward(m.backward),
-        dtype=compute_dtype(config.dtype),
+        remat=m.remat, dtype=compute_dtype(config.dtype),
     )
 
 

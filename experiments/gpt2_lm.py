@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
             size="gpt2-mini",  # genjax/models/sizes.py; from scratch only (a starting point brings its own model)
             dropout=0.0,
             attention_kernel="xla",  # xla | fused (jax.nn.dot_product_attention, cuDNN on GPU)
+            remat="none",  # none | full | dots: what each block keeps for the backward pass (genjax/models/transformer.py)
             backward="auto",  # auto (hand-written LayerNorm/rotary backward passes on CPU, autodiff elsewhere) | hand | autodiff (also forward mode)
         )
     )
@@ -68,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def for_training(config: ml_collections.ConfigDict, model: GPT2) -> GPT2:
-    """`model` with the run's dropout, attention kernel and computation dtype; GenjaxError when the context or the
+    """`model` with the run's dropout, attention kernel, remat and computation dtype; GenjaxError when the context or the
     samples exceed its positions."""
     longest = max(config.context, config.sample.length + 1)
     if longest > model.max_len:
@@ -76,7 +77,7 @@ def for_training(config: ml_collections.ConfigDict, model: GPT2) -> GPT2:
     m = config.model
     return model.clone(
         dropout_rate=m.dropout, attention_kernel=m.attention_kernel, hand_backward=uses_hand_backward(m.backward),
-        dtype=compute_dtype(config.dtype),
+        remat=m.remat, dtype=compute_dtype(config.dtype),
     )
 
 

@@ -55,3 +55,18 @@ def test_export_loads_in_transformers_with_the_same_logits_and_trains_again_from
     np.testing.assert_array_equal(experiment.task.initial_params["embed"]["embedding"], params["embed"]["embedding"])
     final = gpt2_lm.train_and_evaluate(config, tmp_path / "again")
     assert final["loss"] < read_metrics(workdir, "train")[0]["loss"] - 0.5  # it starts where the first run ended
+
+
+def test_remat_from_the_config_leaves_the_losses_unchanged(trained, tmp_path):
+    """`--config.model.remat` (full: each block recomputed in the backward pass) trains to the same losses as keeping
+    every activation, from the same exported starting point."""
+    workdir, _ = trained
+    gpt2_lm.export(workdir, tmp_path / "hf")
+    losses = {}
+    for remat in ("none", "full"):
+        config = tiny_config(init_from=str(tmp_path / "hf"), num_train_steps=4, eval_every=4, checkpoint_every=4)
+        config.model.remat = remat
+        gpt2_lm.train_and_evaluate(config, tmp_path / remat)
+        losses[remat] = [row["loss"] for row in read_metrics(tmp_path / remat, "train")]
+    assert len(losses["none"]) == 4
+    np.testing.assert_allclose(losses["full"], losses["none"], rtol=1e-6)
