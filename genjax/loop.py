@@ -319,8 +319,12 @@ class _Run:
         _check_best_metric(config, experiment, self.abstract_state, self.eval_rng)
         self.identity = _run_identity(config, experiment, self.abstract_state)
         self.train_step, self.eval_step = compile_steps(self.task, self.mesh, self.state_shardings, config.skip_nonfinite)
-        self._check_step_fits()
-        self.metrics_shape = jax.eval_shape(self.task.train_step, self.abstract_state, self.example_batch, self.train_rng)[1]
+        compiled_train_step = self.train_step.lower(  # the first step's call reuses this compilation
+            abstract_with_shardings(self.abstract_state, self.state_shardings), self.example_batch, self.train_rng
+        ).compile()
+        needed = device_memory.step_memory(compiled_train_step)["memory_predicted_bytes"]
+        device_memory.check_fits(needed, device_memory.device_limit(self.mesh), config.batch_size)
+        self.metrics_shape = compiled_train_step.out_info[1]
 
         self.had_checkpoints = (workdir / "checkpoints").is_dir()  # read before the checkpointer makes it
         self.checkpointer = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
@@ -430,15 +434,6 @@ class _Run:
         for opened in (self.best, self.logger):
             if opened is not None:
                 opened.close()
-
-    def _check_step_fits(self) -> None:
-        """Compiles the train step from abstract shapes (the first step's call reuses the compilation) and stops
-        with one line when it needs more memory per device than a device has (`genjax/device_memory.py`)."""
-        compiled = self.train_step.lower(
-            abstract_with_shardings(self.abstract_state, self.state_shardings), self.example_batch, self.train_rng
-        ).compile()
-        needed = device_memory.step_memory(compiled)["memory_predicted_bytes"]
-        device_memory.check_fits(needed, device_memory.device_limit(self.mesh), self.config.batch_size)
 
     def _check_compatible(self, meta: dict, path: pathlib.Path) -> None:
         _check_compatible(meta, self.identity, path)
