@@ -83,6 +83,9 @@ def read_figure(workdir: pathlib.Path, figure: expected.Figure) -> float:
     of_split = [row for row in rows if row["split"] == figure.split]
     if not of_split:
         splits = sorted({row["split"] for row in rows})
+        if figure.split == "test":
+            raise GenjaxError(f"no rows of split 'test' in {workdir} (the run logged {splits}): test is scored once, when the run ends; "
+                              "a run stopped early (SIGTERM, Ctrl-C) resumes with the same command")
         raise GenjaxError(f"no rows of split '{figure.split}' (the run logged {splits}): fix the figure's split in {expected.PATH.name}")
     steps = [row for row in of_split if row["step"] == figure.step] if figure.step != "final" else [max(of_split, key=lambda r: r["step"])]
     if not steps:

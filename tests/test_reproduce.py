@@ -69,6 +69,11 @@ def test_read_figure_takes_the_final_or_named_step_and_names_what_is_missing(tmp
         reproduce.read_figure(tmp_path, _figure(key="nll"))
     with pytest.raises(GenjaxError, match=r"no 'test' row at step 15 \(steps logged: \[10, 20\]\)"):
         reproduce.read_figure(tmp_path, _figure(step=15))
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "metrics.jsonl").write_text(json.dumps({"step": 20, "split": "train", "loss": 1.0}) + "\n")
+    with pytest.raises(GenjaxError, match=r"no rows of split 'test' .*\['train'\]\): test is scored once, when the run ends; a run stopped early"):
+        reproduce.read_figure(stopped, _figure())
 
 
 def test_update_rewrites_only_the_expected_values_and_where_they_were_taken(tmp_path: pathlib.Path):
