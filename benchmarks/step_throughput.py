@@ -186,8 +186,8 @@ def set_up(family: Benchmark, config: ml_collections.ConfigDict, bound: bool = F
     if bound and devices > 1:
         raise GenjaxError(f"--matmul-bound times each matmul alone on one device; run it with --config.num_devices=1, not {devices}")
     step = compile_step(family, config)
-    device_memory.check_fits(step.memory["memory_predicted_bytes"], device_memory.device_limit(step.mesh), config.batch_size,
-                             "lower --batch-size (--fit finds the largest)")
+    device_memory.check_fits(step.memory["memory_predicted_bytes"], device_memory.device_limit(step.mesh), f"batch_size={config.batch_size}",
+                             device_memory.train_fixes("lower --batch-size (--fit finds the largest)"))
     state = loop.init_state(step.experiment.task, step.state_shardings, step.init_rng, step.batch)
     return StepSetup(config, step.mesh, step.experiment, step.batch, step.abstract_state, state, step.train_step, step.train_rng,
                      step.compiled, step.compile_s, step.memory)

@@ -54,12 +54,19 @@ def device_limit(mesh: Mesh) -> int | None:
     return host_bytes // max(len(local), 1)
 
 
-def check_fits(predicted_bytes: int, limit_bytes: int | None, batch_size: int, lower_batch: str = "lower --config.batch_size") -> None:
-    """GenjaxError naming the batch size, both sizes and the fixes (`lower_batch` first) when a step needing
-    `predicted_bytes` per device does not fit `limit_bytes` (no check where the limit is unknown)."""
+SPLIT_STATE = "split the state over more devices (--config.mesh.fsdp, --config.mesh.tensor)"
+
+
+def train_fixes(lower_batch: str = "lower --config.batch_size") -> str:
+    """The fixes of a train step that does not fit, `lower_batch` first."""
+    return f"{lower_batch}, use --config.model.remat=full where the model has it, or {SPLIT_STATE}"
+
+
+def check_fits(predicted_bytes: int, limit_bytes: int | None, batch: str, fixes: str) -> None:
+    """GenjaxError "`batch` needs N GiB per device but a device has M GiB; `fixes`" when a step needing
+    `predicted_bytes` per device does not fit `limit_bytes` (no check where the limit is unknown). `batch` names
+    the batch size setting and its value, e.g. "batch_size=256"."""
     if limit_bytes and predicted_bytes > limit_bytes:
         raise GenjaxError(
-            f"batch_size={batch_size} needs {predicted_bytes / GIB:.1f} GiB per device but a device has {limit_bytes / GIB:.1f} GiB; "
-            f"{lower_batch}, use --config.model.remat=full where the model has it, or split the state over more "
-            "devices (--config.mesh.fsdp, --config.mesh.tensor)"
+            f"{batch} needs {predicted_bytes / GIB:.1f} GiB per device but a device has {limit_bytes / GIB:.1f} GiB; {fixes}"
         )

@@ -304,7 +304,7 @@ class _Run:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, experiment: Experiment) -> None:
         """Set-up: mesh, keys, the state's layout (no parameter allocated), the checks that need only shapes (the
-        compiled train step's memory included), the checkpointer and the compiled steps (state donated, shardings
+        compiled train and eval steps' memory included), the checkpointer and the compiled steps (state donated, shardings
         explicit)."""
         self.config, self.workdir, self.experiment, self.task = config, workdir, experiment, experiment.task
         self.is_main = jax.process_index() == 0
@@ -319,18 +319,28 @@ class _Run:
         _check_best_metric(config, experiment, self.abstract_state, self.eval_rng)
         self.identity = _run_identity(config, experiment, self.abstract_state)
         self.train_step, self.eval_step = compile_steps(self.task, self.mesh, self.state_shardings, config.skip_nonfinite)
-        compiled_train_step = self.train_step.lower(  # the first step's call reuses this compilation
-            abstract_with_shardings(self.abstract_state, self.state_shardings), self.example_batch, self.train_rng
-        ).compile()
-        needed = device_memory.step_memory(compiled_train_step)["memory_predicted_bytes"]
-        device_memory.check_fits(needed, device_memory.device_limit(self.mesh), config.batch_size)
-        self.metrics_shape = compiled_train_step.out_info[1]
+        self.metrics_shape = self._compile_within_memory()
 
         self.had_checkpoints = (workdir / "checkpoints").is_dir()  # read before the checkpointer makes it
         self.checkpointer = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
         self.logger: MetricLogger | None = None  # opened once the workdir is rewound to the restored step
         self.best: BestCheckpoint | None = None
         self.state, self.step, self.data_index, self.last_saved = None, 0, 0, None
+
+    def _compile_within_memory(self) -> dict:
+        """Compiles the train and eval steps from abstract shapes (their first calls reuse these compilations);
+        GenjaxError when either needs more memory per device than a device has. Returns the train metrics' shapes."""
+        limit = device_memory.device_limit(self.mesh)
+        state = abstract_with_shardings(self.abstract_state, self.state_shardings)
+        train = self.train_step.lower(state, self.example_batch, self.train_rng).compile()
+        device_memory.check_fits(device_memory.step_memory(train)["memory_predicted_bytes"], limit,
+                                 f"batch_size={self.config.batch_size}", device_memory.train_fixes())
+        eval_batch = to_global(next(iter(self.experiment.eval_data[VALIDATION]())), self.data_sharding)
+        evaluation = self.eval_step.lower(state, eval_batch, self.eval_rng).compile()
+        device_memory.check_fits(device_memory.step_memory(evaluation)["memory_predicted_bytes"], limit,
+                                 f"the eval step at eval_batch_size={self.config.eval_batch_size}",
+                                 f"lower --config.eval_batch_size, or {device_memory.SPLIT_STATE}")
+        return train.out_info[1]
 
     def restore_or_start(self) -> None:
         """Restore: the newest intact checkpoint, else a fresh state (only into an empty checkpoint dir); the

@@ -1,6 +1,6 @@
-"""A train step that needs more memory than a device has stops before the first step, with one line naming the batch
-size, both sizes and the fixes, and writes nothing into the workdir (every other run of the suite is a step that fits
-going through the same check)."""
+"""A train or eval step that needs more memory than a device has stops before the first step, with one line naming
+the batch size, both sizes and the fixes, and writes nothing into the workdir (every other run of the suite is a pair
+of steps that fit going through the same check)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,23 @@ def test_a_step_that_cannot_fit_stops_before_anything_is_written(tmp_path):
     assert [path.name for path in workdir.iterdir()] == [LOCK_FILE]
 
 
+def test_an_eval_step_that_cannot_fit_stops_before_anything_is_written(tmp_path):
+    """The tiny GPT-2 trains at batch 16, but its eval step at 2^17 windows of 128 tokens would hold their
+    [B, T, vocab] logits: tens of GiB. Found while compiling, before the first train step."""
+    config = sized_transformers.get_config()
+    config.update(num_devices=1, eval_batch_size=1 << 17)
+    workdir = tmp_path / "w"
+    with pytest.raises(GenjaxError, match=r"^the eval step at eval_batch_size=131072 needs \d+\.\d GiB per device but a device "
+                                          r"has \d+\.\d GiB; lower --config.eval_batch_size, or split the state"):
+        loop.train_and_evaluate(config, workdir, sized_transformers.build(config))
+    assert [path.name for path in workdir.iterdir()] == [LOCK_FILE]
+
+
 def test_a_cpu_device_has_the_host_memory_shared_by_the_mesh_devices_of_this_process():
     mesh = sharding.make_mesh(1)
     assert device_memory.reported_limit(jax.devices()[0]) is None  # CPU devices report no allocator limit
     assert device_memory.device_limit(mesh) > 2**30
-    with pytest.raises(GenjaxError, match=r"^batch_size=8 needs 3\.0 GiB per device but a device has 2\.0 GiB; lower --batch-size"):
-        device_memory.check_fits(3 * 2**30, 2 * 2**30, 8, "lower --batch-size")
-    device_memory.check_fits(2 * 2**30, 2 * 2**30, 8)  # exactly full fits
-    device_memory.check_fits(2**50, None, 8)  # no known limit: no check
+    with pytest.raises(GenjaxError, match=r"^batch_size=8 needs 3\.0 GiB per device but a device has 2\.0 GiB; lower --batch-size, use"):
+        device_memory.check_fits(3 * 2**30, 2 * 2**30, "batch_size=8", device_memory.train_fixes("lower --batch-size"))
+    device_memory.check_fits(2 * 2**30, 2 * 2**30, "batch_size=8", "-")  # exactly full fits
+    device_memory.check_fits(2**50, None, "batch_size=8", "-")  # no known limit: no check
