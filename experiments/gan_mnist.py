@@ -14,10 +14,10 @@ Splits:   trains on MNIST train[:55000]; each evaluation scores the EMA generato
           FID 101.7 at that step, slightly worse on both, so it stays. The other screens kept the config without
           their variant; not re-run.
 Result:   the default config (hinge loss, a generator with a 1024-unit hidden layer, 20 epochs = 17,180 steps of
-          64) on a 2-core AMD EPYC (family 25 model 1), in two parts (stopped by SIGTERM at step 8,753, then the same command
-          resumed it): 88 min beside other jobs, then 61 min alone (2.9 steps/s). EMA generator over 10,000 samples,
-          metric CNN = the 99.48% cnn_mnist checkpoint: test classifier_is 8.41, classifier_fid 28.4 (trained
-          generator: 8.41, 28.7); validation 8.41 / 27.5 at the end, 8.08 / 36.9 at epoch 10. Real data: test IS
+          64) on a 2-core AMD EPYC (family 25 model 1), in two parts (stopped by SIGTERM at step 8,753, then the same
+          command resumed it): 88 min beside other jobs, then 61 min alone (2.9 steps/s). EMA generator over 10,000
+          samples, metric CNN = the 99.48% cnn_mnist checkpoint: test classifier_is 8.41, classifier_fid 28.4
+          (trained generator: 8.41, 28.7); validation 8.41 / 27.5 at the end, 8.08 / 36.9 at epoch 10. Real data: test IS
           9.84, train IS 9.88, train-vs-test FID 2.73. The aim (IS >= 9) is not reached.
           Before the validation split (18,740 steps on 60,000 images, 57 min 22 s on a quiet 2-core AMD EPYC of
           another model, metric CNN the 99.41% one): classifier_is 8.47, classifier_fid 24.6 (trained generator:
