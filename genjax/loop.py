@@ -304,8 +304,8 @@ class _Run:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, experiment: Experiment) -> None:
         """Set-up: mesh, keys, the state's layout (no parameter allocated), the checks that need only shapes (the
-        compiled train and eval steps' memory included), the checkpointer and the compiled steps (state donated, shardings
-        explicit)."""
+        compiled train and eval steps' memory included), the checkpointer and the compiled steps (state donated,
+        shardings explicit)."""
         self.config, self.workdir, self.experiment, self.task = config, workdir, experiment, experiment.task
         self.is_main = jax.process_index() == 0
         self.mesh = sharding_lib.make_mesh(config.num_devices, config.mesh)
