@@ -231,12 +231,12 @@ def real_rows(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([rows[name] for rows in batches])[mask] for name in batches[0] if name != "mask"}
 
 
-def _check_best_metric(config: ml_collections.ConfigDict, experiment: Experiment, abstract_state: Any, rng: jax.Array) -> None:
-    """GenjaxError when `config.best_metric` is not a validation metric of the task (test metrics never choose)."""
+def _check_best_metric(config: ml_collections.ConfigDict, experiment: Experiment, abstract_state: Any, eval_batch: dict, rng: jax.Array) -> None:
+    """GenjaxError when `config.best_metric` is not a validation metric of the task (test metrics never choose);
+    `eval_batch` is a validation batch."""
     if not config.best_metric:
         return
-    batch = next(iter(experiment.eval_data[VALIDATION]()))
-    sums = jax.eval_shape(experiment.task.eval_step, abstract_state, batch, rng).sums
+    sums = jax.eval_shape(experiment.task.eval_step, abstract_state, eval_batch, rng).sums
     names = sorted(set(sums) | set(getattr(experiment.task, "report_metrics", ())))
     if config.best_metric not in names:
         raise GenjaxError(
@@ -315,8 +315,9 @@ class _Run:
         self.init_rng, self.train_rng, self.eval_rng = jax.random.split(jax.random.key(config.seed), 3)
 
         self.example_batch = to_global(experiment.train_data.batch_at(0), self.data_sharding)
+        self.example_eval_batch = to_global(next(iter(experiment.eval_data[VALIDATION]())), self.data_sharding)
         self.abstract_state, self.state_shardings = state_layout(self.task, self.mesh, self.init_rng, self.example_batch)
-        _check_best_metric(config, experiment, self.abstract_state, self.eval_rng)
+        _check_best_metric(config, experiment, self.abstract_state, self.example_eval_batch, self.eval_rng)
         self.identity = _run_identity(config, experiment, self.abstract_state)
         self.train_step, self.eval_step = compile_steps(self.task, self.mesh, self.state_shardings, config.skip_nonfinite)
         self.metrics_shape = self._compile_within_memory()
@@ -335,8 +336,7 @@ class _Run:
         train = self.train_step.lower(state, self.example_batch, self.train_rng).compile()
         device_memory.check_fits(device_memory.step_memory(train)["memory_predicted_bytes"], limit,
                                  f"batch_size={self.config.batch_size}", device_memory.train_fixes())
-        eval_batch = to_global(next(iter(self.experiment.eval_data[VALIDATION]())), self.data_sharding)
-        evaluation = self.eval_step.lower(state, eval_batch, self.eval_rng).compile()
+        evaluation = self.eval_step.lower(state, self.example_eval_batch, self.eval_rng).compile()
         device_memory.check_fits(device_memory.step_memory(evaluation)["memory_predicted_bytes"], limit,
                                  f"the eval step at eval_batch_size={self.config.eval_batch_size}",
                                  f"lower --config.eval_batch_size, or {device_memory.SPLIT_STATE}")
